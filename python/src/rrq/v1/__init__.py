@@ -1,0 +1,1 @@
+"""Generated from proto/rrq/v1 by `make gen`. Do not edit."""
