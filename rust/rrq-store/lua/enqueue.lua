@@ -36,7 +36,8 @@ local function nonneg_int(name, value)
 end
 
 local params = ARGV[4]
-local limit = tonumber(ARGV[12])
+local limit = nonneg_int('max_params_bytes', ARGV[12])
+if type(limit) == 'table' then return limit end
 if #params > limit then
   return redis.error_reply('RRQ_PAYLOAD_TOO_LARGE params are ' .. #params .. ' bytes, the limit is ' .. limit)
 end

@@ -34,10 +34,10 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', active_key, id)
   local f = redis.call('HMGET', key, 'status', 'attempt', 'max_retries', 'lease_owner')
   if tonumber(f[1]) == STATUS_ACTIVE then
-    local message = 'lease expired: owner ' .. (f[4] or '?') .. ' was lost during attempt ' .. f[2]
+    local message = 'lease expired: owner ' .. (f[4] or '?') .. ' was lost during attempt ' .. tostring(f[2])
     redis.call('HSET', key, 'last_error', message, 'last_error_type', 'LeaseExpired')
     redis.call('HDEL', key, 'lease_owner')
-    if tonumber(f[2]) > (tonumber(f[3]) or 0) then
+    if (tonumber(f[2]) or 0) > (tonumber(f[3]) or 0) then
       redis.call('HSET', key, 'status', STATUS_FAILED, 'finished_at_ms', now)
       redis.call('ZADD', dlq_key, now, id)
       redis.call('PEXPIRE', key, tonumber(ARGV[2]))

@@ -91,7 +91,9 @@ elseif action == 'cancel' then
   redis.call('HSET', job_key, 'last_error', ARGV[5], 'last_error_type', 'Cancelled')
   return finish(STATUS_CANCELLED, tonumber(f[5]) or tonumber(ARGV[8]))
 elseif action == 'release' then
+  -- The released attempt never happened as far as the record is concerned.
   redis.call('HSET', job_key, 'attempt', attempt - 1)
+  redis.call('HDEL', job_key, 'started_at_ms')
   if attempt - 1 > 0 then
     return wait_again(STATUS_RETRYING, now)
   end

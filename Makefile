@@ -1,0 +1,80 @@
+# RRQ: one entry point for setup, codegen, lint, tests, demo and benchmarks.
+# `make help` lists the targets.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+ROOT := $(CURDIR)
+VENV ?= $(ROOT)/.venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+# Cargo's target dir may live outside the checkout (CI reuses one across clones).
+export CARGO_TARGET_DIR ?= $(ROOT)/rust/target
+RRQ_BIN ?= $(CARGO_TARGET_DIR)/release/rrq
+CARGO := cargo
+RUST := cd rust &&
+
+.PHONY: help setup gen gen-check lint fmt build test test-rust test-python demo bench proto-breaking clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup: $(PY) ## Create .venv and install the rrq package (orchestrator built and bundled) with dev tools
+	$(BIN)/pip install -q -r python/requirements-dev.txt
+	$(BIN)/pip install -q -e ./python
+	@$(BIN)/rrq --version
+
+gen: $(PY) ## Regenerate code from proto/ and copy the Lua scripts to every producer
+	PATH="$(BIN):$$PATH" tools/gen_python.sh
+	$(RUST) $(CARGO) run -q -p rrq-gen
+	rm -f python/src/rrq/lua/*.lua
+	cp rust/rrq-store/lua/*.lua python/src/rrq/lua/
+
+gen-check: gen ## Fail when generated code or Lua copies are stale
+	@git diff --exit-code -- python/src/rrq/v1 python/src/rrq/lua rust/rrq-proto/src/gen \
+	  || { echo "generated code is stale: run 'make gen' and commit" >&2; exit 1; }
+	@test -z "$$(git status --porcelain -- python/src/rrq/v1 python/src/rrq/lua rust/rrq-proto/src/gen)" \
+	  || { echo "untracked generated files: run 'make gen' and commit" >&2; git status --porcelain; exit 1; }
+	@for p in python/src/rrq/v1 python/src/rrq/lua rust/rrq-proto/src/gen; do \
+	  test -n "$$(git ls-files "$$p")" || { echo ".gitattributes pattern $$p matches no file" >&2; exit 1; }; done
+
+lint: $(PY) ## Lint everything (never edits files)
+	$(BIN)/buf lint
+	$(BIN)/buf format -d --exit-code
+	$(RUST) $(CARGO) fmt --all --check
+	$(RUST) $(CARGO) clippy -q --workspace --all-targets -- -D warnings
+	cd python && $(BIN)/ruff check . && $(BIN)/ruff format --check .
+	cd python && $(BIN)/mypy
+
+fmt: $(PY) ## Format all code
+	$(BIN)/buf format -w
+	$(RUST) $(CARGO) fmt --all
+	cd python && $(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+build: ## Build the release orchestrator binary
+	$(RUST) $(CARGO) build -q --release -p rrq
+
+test: setup gen-check lint build test-rust test-python ## Run every check and test (the CI command)
+
+test-rust: ## Rust unit and integration tests
+	$(RUST) $(CARGO) test -q --workspace
+
+test-python: build ## Python tests against a real Redis and the real orchestrator
+	cd python && RRQ_BIN=$(RRQ_BIN) $(BIN)/pytest -q
+
+demo: setup ## Set everything up and run a real demo (private Redis, orchestrator, Python runner)
+	$(PY) tools/demo.py
+
+bench: setup build ## Throughput, latency percentiles and memory
+	RRQ_BIN=$(RRQ_BIN) $(PY) tools/bench.py
+
+proto-breaking: $(PY) ## Check proto/ for breaking changes against main
+	$(BIN)/buf breaking --against '.git#branch=main'
+
+clean: ## Remove build outputs
+	rm -rf $(CARGO_TARGET_DIR) python/build python/dist

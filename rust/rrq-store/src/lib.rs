@@ -1,0 +1,20 @@
+//! The Redis contract of RRQ.
+//!
+//! Layout:
+//! - [`keys`]: every key and channel name (`rrq:{<queue>}:...`);
+//! - [`scripts`]: [`Store`], one typed async function per Lua script in
+//!   `../lua/` (the scripts' one home), plus the few plain commands callers need;
+//! - [`error`]: [`Error`], including the mapping of the scripts' `RRQ_*` error codes.
+//!
+//! Job statuses are the `rrq.v1.JobStatus` numbers; see [`rrq_proto::v1::JobStatus`].
+
+pub mod error;
+pub mod keys;
+pub mod scripts;
+
+pub use error::{Error, Result};
+pub use keys::QueueKeys;
+pub use rrq_proto::v1::JobStatus;
+pub use scripts::{
+    Claim, ClaimedJob, EnqueueRequest, Enqueued, Recovered, Settle, SettleAction, Settled, Store,
+};

@@ -1,0 +1,644 @@
+//! One typed async function per Lua script.
+//!
+//! The scripts live in `../lua/` (their one home) and are embedded here. They
+//! run with `EVALSHA`; `redis::Script` loads them again when Redis answers
+//! `NOSCRIPT` (after a restart or `SCRIPT FLUSH`).
+
+use std::sync::LazyLock;
+
+use redis::aio::ConnectionManager;
+use redis::{RedisResult, Script, Value};
+
+use crate::error::{Error, Result};
+use crate::keys::{self, QueueKeys};
+
+static ENQUEUE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/enqueue.lua")));
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/claim.lua")));
+static RENEW_LEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/renew_lease.lua")));
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/settle.lua")));
+static RECOVER_EXPIRED: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/recover_expired.lua")));
+
+/// A new job for [`Store::enqueue`].
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueRequest {
+    /// Job id; unique within the queue.
+    pub id: String,
+    /// Handler name, optionally `runner#handler`.
+    pub function_name: String,
+    /// Queue to wait in.
+    pub queue: String,
+    /// Params as UTF-8 JSON text of an object.
+    pub params_json: String,
+    /// Retries after the first attempt.
+    pub max_retries: i64,
+    /// Per-attempt timeout; 0 = orchestrator default.
+    pub job_timeout_ms: i64,
+    /// Result TTL; 0 = orchestrator default.
+    pub result_ttl_ms: i64,
+    /// Delay from now (Redis time).
+    pub defer_ms: i64,
+    /// Absolute earliest run time; 0 = none.
+    pub run_at_ms: i64,
+    /// W3C traceparent, empty when none.
+    pub trace_parent: String,
+    /// W3C tracestate, empty when none.
+    pub trace_state: String,
+    /// Largest params_json accepted.
+    pub max_params_bytes: i64,
+}
+
+/// What [`Store::enqueue`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The job was written; it runs at `run_at_ms` (Redis time).
+    Created {
+        /// Job id.
+        id: String,
+        /// When it becomes due.
+        run_at_ms: i64,
+    },
+    /// A job with this id already exists; nothing was written.
+    Exists {
+        /// Job id.
+        id: String,
+        /// Current `JobStatus` number of the existing job.
+        status: i32,
+    },
+}
+
+/// One job moved to ACTIVE by [`Store::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedJob {
+    /// Job id.
+    pub id: String,
+    /// Attempt number of this run: the fence token.
+    pub attempt: i64,
+    /// Handler name as enqueued (maybe with a `runner#` prefix).
+    pub function_name: String,
+    /// Params JSON.
+    pub params_json: String,
+    /// Retries allowed after the first attempt.
+    pub max_retries: i64,
+    /// Per-attempt timeout; 0 = orchestrator default.
+    pub job_timeout_ms: i64,
+    /// Enqueue time, epoch ms.
+    pub enqueued_at_ms: i64,
+    /// W3C traceparent.
+    pub trace_parent: String,
+    /// W3C tracestate.
+    pub trace_state: String,
+}
+
+/// Answer of [`Store::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// Redis time of the claim, epoch ms.
+    pub now_ms: i64,
+    /// Time until the earliest job still waiting falls due; `None` when none waits.
+    pub next_due_in_ms: Option<i64>,
+    /// Jobs claimed, at most the requested number.
+    pub jobs: Vec<ClaimedJob>,
+}
+
+/// How an attempt ended, for [`Store::settle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettleAction {
+    /// Store the result; status COMPLETED.
+    Complete {
+        /// Result JSON text.
+        result_json: String,
+    },
+    /// Another attempt after `delay_ms` while retries remain, else dead-letter.
+    Retry {
+        /// Error message kept in `last_error`.
+        message: String,
+        /// Error class kept in `last_error_type`.
+        error_type: String,
+        /// Delay before the next attempt.
+        delay_ms: i64,
+    },
+    /// Dead-letter now.
+    Fail {
+        /// Error message kept in `last_error`.
+        message: String,
+        /// Error class kept in `last_error_type`.
+        error_type: String,
+    },
+    /// Status CANCELLED.
+    Cancel {
+        /// Why, kept in `last_error`.
+        message: String,
+    },
+    /// Give the job back without charging the attempt.
+    Release,
+}
+
+impl SettleAction {
+    fn name(&self) -> &'static str {
+        match self {
+            SettleAction::Complete { .. } => "complete",
+            SettleAction::Retry { .. } => "retry",
+            SettleAction::Fail { .. } => "fail",
+            SettleAction::Cancel { .. } => "cancel",
+            SettleAction::Release => "release",
+        }
+    }
+}
+
+/// One settle for [`Store::settle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settle {
+    /// Queue of the job.
+    pub queue: String,
+    /// Job id.
+    pub job_id: String,
+    /// Attempt from the claim (fence token).
+    pub attempt: i64,
+    /// Orchestrator instance id that claimed it.
+    pub owner: String,
+    /// What happened.
+    pub action: SettleAction,
+    /// Result TTL used when the job has none.
+    pub default_result_ttl_ms: i64,
+    /// How long a dead-lettered job is kept.
+    pub dlq_retention_ms: i64,
+}
+
+/// A settle that was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// New `JobStatus` number.
+    pub status: i32,
+    /// When the job runs again (retry, release), else 0.
+    pub run_at_ms: i64,
+}
+
+/// Answer of [`Store::recover_expired`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Recovered {
+    /// Jobs put back in the due set.
+    pub requeued: i64,
+    /// Jobs dead-lettered because their retries were used up.
+    pub dead_lettered: i64,
+}
+
+/// The Redis contract: typed wrappers of the Lua scripts over one multiplexed,
+/// auto-reconnecting connection.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Wraps an existing connection manager.
+    pub fn new(conn: ConnectionManager) -> Self {
+        Self { conn }
+    }
+
+    /// Connects to `client`'s Redis.
+    pub async fn connect(client: &redis::Client) -> Result<Self> {
+        Ok(Self::new(ConnectionManager::new(client.clone()).await?))
+    }
+
+    /// A handle on the connection for commands outside the scripts.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Writes a new job and schedules it (`enqueue.lua`), and registers its
+    /// queue in `rrq:queues` as producers do.
+    pub async fn enqueue(&self, req: &EnqueueRequest) -> Result<Enqueued> {
+        let k = QueueKeys::new(&req.queue);
+        let mut conn = self.conn.clone();
+        let reply: Value = ENQUEUE
+            .key(k.job(&req.id))
+            .key(k.due())
+            .arg(&req.id)
+            .arg(&req.function_name)
+            .arg(&req.queue)
+            .arg(&req.params_json)
+            .arg(req.max_retries)
+            .arg(req.job_timeout_ms)
+            .arg(req.result_ttl_ms)
+            .arg(req.defer_ms)
+            .arg(req.run_at_ms)
+            .arg(&req.trace_parent)
+            .arg(&req.trace_state)
+            .arg(req.max_params_bytes)
+            .arg(k.wake_channel())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(Error::from_redis)?;
+        let items = array("enqueue", reply)?;
+        let [flag, id, third] = fixed::<3>("enqueue", items)?;
+        let id = string("enqueue", id)?;
+        let enqueued = if int("enqueue", flag)? == 1 {
+            Enqueued::Created {
+                id,
+                run_at_ms: int("enqueue", third)?,
+            }
+        } else {
+            Enqueued::Exists {
+                id,
+                status: status("enqueue", third)?,
+            }
+        };
+        let _: i64 = redis::cmd("SADD")
+            .arg(keys::QUEUES)
+            .arg(&req.queue)
+            .query_async(&mut conn)
+            .await?;
+        Ok(enqueued)
+    }
+
+    /// Moves up to `max_jobs` due jobs of `queue` to ACTIVE under a lease
+    /// owned by `owner` (`claim.lua`).
+    pub async fn claim(
+        &self,
+        queue: &str,
+        max_jobs: usize,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<Claim> {
+        let k = QueueKeys::new(queue);
+        let reply: Value = CLAIM
+            .key(k.due())
+            .key(k.active())
+            .key(k.job_prefix())
+            .arg(max_jobs.max(1))
+            .arg(owner)
+            .arg(lease_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(Error::from_redis)?;
+        parse_claim(reply)
+    }
+
+    /// Extends the leases `owner` holds on `(job id, attempt)` pairs of
+    /// `queue` (`renew_lease.lua`). Returns the ids whose lease is lost.
+    pub async fn renew_lease(
+        &self,
+        queue: &str,
+        owner: &str,
+        lease_ms: i64,
+        jobs: &[(String, i64)],
+    ) -> Result<Vec<String>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let k = QueueKeys::new(queue);
+        let mut inv = RENEW_LEASE.key(k.active());
+        inv.key(k.job_prefix()).arg(owner).arg(lease_ms);
+        for (id, attempt) in jobs {
+            inv.arg(id).arg(attempt);
+        }
+        let reply: Value = inv
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(Error::from_redis)?;
+        array("renew_lease", reply)?
+            .into_iter()
+            .map(|v| string("renew_lease", v))
+            .collect()
+    }
+
+    /// Applies a batch of settles in one pipeline (`settle.lua`). The outer
+    /// error is a failure of the whole round trip; each inner result tells
+    /// how one settle went ([`Error::StaleFence`] when the fence rejected it).
+    pub async fn settle(&self, batch: &[Settle]) -> Result<Vec<Result<Settled>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let mut results = run_settle_pipeline(&mut conn, batch.iter()).await?;
+        // A pipeline cannot reload a script by itself: when Redis lost the
+        // script cache (restart, SCRIPT FLUSH), load it and redo exactly the
+        // entries that failed with NOSCRIPT; the others already ran.
+        let missing: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| is_noscript(r))
+            .map(|(i, _)| i)
+            .collect();
+        if !missing.is_empty() {
+            SETTLE.prepare_invoke().load_async(&mut conn).await?;
+            let redo = run_settle_pipeline(&mut conn, missing.iter().map(|&i| &batch[i])).await?;
+            for (i, r) in missing.into_iter().zip(redo) {
+                results[i] = r;
+            }
+        }
+        Ok(batch
+            .iter()
+            .zip(results)
+            .map(|(s, r)| match r {
+                Ok(v) => parse_settle(&s.job_id, v),
+                Err(e) => Err(Error::from_redis(e)),
+            })
+            .collect())
+    }
+
+    /// Requeues or dead-letters up to `max_jobs` jobs of `queue` whose lease
+    /// expired (`recover_expired.lua`).
+    pub async fn recover_expired(
+        &self,
+        queue: &str,
+        max_jobs: usize,
+        dlq_retention_ms: i64,
+    ) -> Result<Recovered> {
+        let k = QueueKeys::new(queue);
+        let reply: Value = RECOVER_EXPIRED
+            .key(k.active())
+            .key(k.due())
+            .key(k.dlq())
+            .key(k.job_prefix())
+            .arg(max_jobs.max(1))
+            .arg(dlq_retention_ms)
+            .arg(k.wake_channel())
+            .arg(k.done_channel_prefix())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(Error::from_redis)?;
+        let [requeued, dead] = fixed::<2>("recover_expired", array("recover_expired", reply)?)?;
+        Ok(Recovered {
+            requeued: int("recover_expired", requeued)?,
+            dead_lettered: int("recover_expired", dead)?,
+        })
+    }
+
+    /// Members of `rrq:queues`.
+    pub async fn queues(&self) -> Result<Vec<String>> {
+        let names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::QUEUES)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(names)
+    }
+}
+
+async fn run_settle_pipeline<'a>(
+    conn: &mut ConnectionManager,
+    batch: impl Iterator<Item = &'a Settle>,
+) -> Result<Vec<RedisResult<Value>>> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for s in batch {
+        let k = QueueKeys::new(&s.queue);
+        let (text, error_type, delay_ms) = match &s.action {
+            SettleAction::Complete { result_json } => (result_json.as_str(), "", 0),
+            SettleAction::Retry {
+                message,
+                error_type,
+                delay_ms,
+            } => (message.as_str(), error_type.as_str(), (*delay_ms).max(0)),
+            SettleAction::Fail {
+                message,
+                error_type,
+            } => (message.as_str(), error_type.as_str(), 0),
+            SettleAction::Cancel { message } => (message.as_str(), "", 0),
+            SettleAction::Release => ("", "", 0),
+        };
+        let mut inv = SETTLE.key(k.job(&s.job_id));
+        inv.key(k.due())
+            .key(k.active())
+            .key(k.dlq())
+            .arg(&s.job_id)
+            .arg(s.attempt)
+            .arg(&s.owner)
+            .arg(s.action.name())
+            .arg(text)
+            .arg(error_type)
+            .arg(delay_ms)
+            .arg(s.default_result_ttl_ms)
+            .arg(s.dlq_retention_ms)
+            .arg(k.wake_channel())
+            .arg(k.done_channel(&s.job_id));
+        pipe.invoke_script(&inv);
+    }
+    Ok(pipe.query_async(conn).await?)
+}
+
+fn is_noscript(r: &RedisResult<Value>) -> bool {
+    matches!(r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+}
+
+fn parse_settle(job_id: &str, v: Value) -> Result<Settled> {
+    let [flag, a, b] = fixed::<3>("settle", array("settle", v)?)?;
+    if int("settle", flag)? == 1 {
+        Ok(Settled {
+            status: status("settle", a)?,
+            run_at_ms: int("settle", b)?,
+        })
+    } else {
+        Err(Error::StaleFence {
+            job_id: job_id.to_owned(),
+            status: status("settle", a)?,
+            attempt: int("settle", b)?,
+        })
+    }
+}
+
+fn parse_claim(reply: Value) -> Result<Claim> {
+    const S: &str = "claim";
+    let mut items = array(S, reply)?.into_iter();
+    let (Some(now), Some(next)) = (items.next(), items.next()) else {
+        return Err(protocol(S, "fewer than 2 items"));
+    };
+    let next = int(S, next)?;
+    let mut jobs = Vec::new();
+    for job in items {
+        let [
+            id,
+            attempt,
+            function_name,
+            params_json,
+            max_retries,
+            timeout,
+            enq,
+            tp,
+            ts,
+        ] = fixed::<9>(S, array(S, job)?)?;
+        jobs.push(ClaimedJob {
+            id: string(S, id)?,
+            attempt: int(S, attempt)?,
+            function_name: string(S, function_name)?,
+            params_json: string(S, params_json)?,
+            max_retries: int(S, max_retries)?,
+            job_timeout_ms: int(S, timeout)?,
+            enqueued_at_ms: int(S, enq)?,
+            trace_parent: string(S, tp)?,
+            trace_state: string(S, ts)?,
+        });
+    }
+    Ok(Claim {
+        now_ms: int(S, now)?,
+        next_due_in_ms: (next >= 0).then_some(next),
+        jobs,
+    })
+}
+
+fn protocol(script: &'static str, detail: impl Into<String>) -> Error {
+    Error::Protocol {
+        script,
+        detail: detail.into(),
+    }
+}
+
+fn array(script: &'static str, v: Value) -> Result<Vec<Value>> {
+    match v {
+        Value::Array(items) => Ok(items),
+        other => Err(protocol(
+            script,
+            format!("expected an array, got {other:?}"),
+        )),
+    }
+}
+
+fn fixed<const N: usize>(script: &'static str, items: Vec<Value>) -> Result<[Value; N]> {
+    let len = items.len();
+    items
+        .try_into()
+        .map_err(|_| protocol(script, format!("expected {N} items, got {len}")))
+}
+
+fn string(script: &'static str, v: Value) -> Result<String> {
+    match v {
+        Value::BulkString(b) => {
+            String::from_utf8(b).map_err(|e| protocol(script, format!("string is not UTF-8: {e}")))
+        }
+        Value::SimpleString(s) => Ok(s),
+        Value::Int(n) => Ok(n.to_string()),
+        Value::Nil => Ok(String::new()),
+        other => Err(protocol(
+            script,
+            format!("expected a string, got {other:?}"),
+        )),
+    }
+}
+
+/// Lua hands numbers back either as integers or, where they came from a hash
+/// field, as their decimal text; both are accepted.
+fn int(script: &'static str, v: Value) -> Result<i64> {
+    match v {
+        Value::Int(n) => Ok(n),
+        Value::BulkString(b) => {
+            let text = String::from_utf8_lossy(&b);
+            if text.is_empty() {
+                return Ok(0);
+            }
+            text.parse::<i64>()
+                .or_else(|_| text.parse::<f64>().map(|f| f as i64))
+                .map_err(|_| protocol(script, format!("expected an integer, got {text:?}")))
+        }
+        Value::Nil => Ok(0),
+        other => Err(protocol(
+            script,
+            format!("expected an integer, got {other:?}"),
+        )),
+    }
+}
+
+fn status(script: &'static str, v: Value) -> Result<i32> {
+    let n = int(script, v)?;
+    i32::try_from(n).map_err(|_| protocol(script, format!("status {n} out of range")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn parses_a_claim_reply() {
+        let reply = Value::Array(vec![
+            Value::Int(1000),
+            Value::Int(-1),
+            Value::Array(vec![
+                bulk("j1"),
+                Value::Int(1),
+                bulk("echo"),
+                bulk("{}"),
+                bulk("3"),
+                bulk("0"),
+                bulk("999"),
+                bulk(""),
+                bulk(""),
+            ]),
+        ]);
+        let claim = parse_claim(reply).unwrap();
+        assert_eq!(claim.now_ms, 1000);
+        assert_eq!(claim.next_due_in_ms, None);
+        assert_eq!(claim.jobs.len(), 1);
+        assert_eq!(claim.jobs[0].attempt, 1);
+        assert_eq!(claim.jobs[0].max_retries, 3);
+        assert_eq!(claim.jobs[0].enqueued_at_ms, 999);
+    }
+
+    #[test]
+    fn stale_settle_is_a_typed_error() {
+        let reply = Value::Array(vec![Value::Int(0), Value::Int(4), Value::Int(2)]);
+        match parse_settle("j", reply) {
+            Err(Error::StaleFence {
+                status, attempt, ..
+            }) => {
+                assert_eq!((status, attempt), (4, 2));
+            }
+            other => panic!("expected StaleFence, got {other:?}"),
+        }
+    }
+
+    /// Every `RRQ_*` code a script can return must be listed in
+    /// docs/redis-schema.md, the one source of these codes.
+    #[test]
+    fn every_lua_error_code_is_documented() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let doc = std::fs::read_to_string(root.join("../../docs/redis-schema.md")).unwrap();
+        let mut found = 0;
+        for entry in std::fs::read_dir(root.join("lua")).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for code in error_codes(&text) {
+                found += 1;
+                assert!(
+                    doc.contains(&format!("`{code}`")),
+                    "{code} (in {}) is not listed in docs/redis-schema.md",
+                    path.display()
+                );
+            }
+        }
+        assert!(found > 0, "no RRQ_ codes found in the Lua scripts");
+    }
+
+    fn error_codes(text: &str) -> Vec<String> {
+        let mut codes = Vec::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("RRQ_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+                .unwrap_or(tail.len());
+            codes.push(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+        codes
+    }
+
+    #[test]
+    fn error_code_scanner_finds_codes() {
+        assert_eq!(
+            error_codes("x 'RRQ_A_B msg' RRQ_C"),
+            vec!["RRQ_A_B".to_owned(), "RRQ_C".to_owned()]
+        );
+    }
+}

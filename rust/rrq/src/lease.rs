@@ -1,0 +1,65 @@
+//! Lease renewal: keeps the leases of running (and held) jobs alive, and
+//! self-fences when they cannot be kept.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rrq_store::Store;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::config::Config;
+use crate::dispatcher::Dispatcher;
+
+/// Most jobs renewed in one script call.
+const CHUNK: usize = 500;
+
+/// Renews every `lease_renew_interval` until `stop`.
+pub async fn run(
+    cfg: Arc<Config>,
+    store: Store,
+    dispatcher: Arc<Dispatcher>,
+    owner: String,
+    stop: CancellationToken,
+) {
+    let lease = cfg.lease();
+    let lease_ms = lease.as_millis() as i64;
+    let mut tick = tokio::time::interval(cfg.lease_renew_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for (queue, jobs) in dispatcher.lease_snapshot() {
+            for chunk in jobs.chunks(CHUNK) {
+                let started = Instant::now();
+                match store.renew_lease(&queue, &owner, lease_ms, chunk).await {
+                    Ok(lost) => {
+                        dispatcher.leases_renewed(&queue, chunk, started + lease);
+                        if !lost.is_empty() {
+                            warn!(queue, lost = lost.len(), "leases lost");
+                            dispatcher.leases_lost(&queue, &lost);
+                        }
+                    }
+                    Err(e) => warn!(queue, "lease renewal failed: {e}"),
+                }
+            }
+        }
+        // Leases we could not renew in time may already belong to someone
+        // else: stop those executions rather than race the new owner. The
+        // monotonic clock decides, so a wall-clock jump cannot extend them.
+        let mut expired: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (queue, id) in dispatcher.expired_leases(Instant::now()) {
+            expired.entry(queue).or_default().push(id);
+        }
+        for (queue, ids) in expired {
+            warn!(
+                queue,
+                n = ids.len(),
+                "leases could not be renewed before they expired; cancelling"
+            );
+            dispatcher.leases_lost(&queue, &ids);
+        }
+    }
+}

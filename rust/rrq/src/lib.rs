@@ -1,0 +1,31 @@
+//! The RRQ orchestrator: claims due jobs from Redis and runs them on runners
+//! connected over gRPC streams.
+//!
+//! Layout (one module per concern):
+//! - [`cli`]: `rrq worker run` arguments; [`config`]: `rrq.toml`;
+//! - [`orchestrator`]: startup and shutdown order; [`shutdown`]: signals;
+//! - [`server`]: `RunnerService.Connect` (hello, heartbeats, outcomes);
+//! - [`session`] and [`dispatcher`]: sessions, credit, routing, timeouts,
+//!   runner loss, drain;
+//! - [`scheduler`]: the claim loop; [`discovery`]: wake-ups and queue discovery;
+//! - [`settle`]: outcome → settle, batched writer; [`backoff`]: retry delays;
+//! - [`lease`]: lease renewal; [`recovery`]: expired-lease sweep;
+//! - [`supervisor`]: runner processes; [`error`]: [`Error`].
+
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod discovery;
+pub mod dispatcher;
+pub mod error;
+pub mod lease;
+pub mod orchestrator;
+pub mod recovery;
+pub mod scheduler;
+pub mod server;
+pub mod session;
+pub mod settle;
+pub mod shutdown;
+pub mod supervisor;
+
+pub use error::{Error, Result};

@@ -1,0 +1,252 @@
+//! Wires the services together and owns the order of startup and shutdown.
+
+use std::sync::Arc;
+
+use rrq_store::Store;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::dispatcher::Dispatcher;
+use crate::scheduler::{Scheduler, ServedQueues, Wake};
+use crate::server::Listener;
+use crate::settle::Settler;
+use crate::shutdown::Shutdown;
+use crate::supervisor::{Spawn, Supervisor};
+use crate::{Error, Result, discovery, lease, recovery};
+
+/// How `rrq worker run` was invoked.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--queue`: serve exactly these (empty = discover).
+    pub queues: Vec<String>,
+    /// `--burst`: exit when no job is due or running.
+    pub burst: bool,
+}
+
+/// `hostname-pid-random`: unique per process, readable in logs and in the
+/// `lease_owner` field.
+pub fn instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!(
+        "{host}-{}-{:06x}",
+        std::process::id(),
+        fastrand::u32(..0x100_0000)
+    )
+}
+
+/// Hides a password in a DSN for logs.
+fn redact(dsn: &str) -> String {
+    match (dsn.find("://"), dsn.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &dsn[..scheme], &dsn[at + 1..])
+        }
+        _ => dsn.to_owned(),
+    }
+}
+
+/// Runs the orchestrator until a signal (or, with `--burst`, until the work is done).
+pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
+    let cfg = Arc::new(cfg);
+    let instance_id = instance_id();
+    let dsn = redact(&cfg.redis_dsn);
+    let redis_err = |source| Error::Redis {
+        dsn: dsn.clone(),
+        source,
+    };
+    let client = redis::Client::open(cfg.redis_dsn.as_str()).map_err(redis_err)?;
+    let conn = redis::aio::ConnectionManager::new_with_config(
+        client.clone(),
+        redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+            .set_max_delay(std::time::Duration::from_secs(2)),
+    )
+    .await
+    .map_err(redis_err)?;
+    let store = Store::new(conn);
+
+    let fixed = !opts.queues.is_empty();
+    let initial = if fixed {
+        opts.queues.clone()
+    } else {
+        let mut q = store.queues().await?;
+        q.push(cfg.default_queue_name.clone());
+        q
+    };
+    let queues = Arc::new(ServedQueues::new(initial, fixed));
+
+    let shutdown = Shutdown::listen()?;
+    let stop_claims = CancellationToken::new();
+    let stop_services = CancellationToken::new();
+    let stop_listeners = CancellationToken::new();
+
+    let wake = Arc::new(Wake::default());
+    let settler = Settler::start(store.clone());
+    let supervisor = Supervisor::default();
+    let dispatcher = Dispatcher::new(
+        cfg.clone(),
+        instance_id.clone(),
+        settler.clone(),
+        supervisor.clone(),
+        wake.clone(),
+    );
+
+    let mut listeners = Vec::new();
+    let mut addrs = Vec::new();
+    for (name, runner) in &cfg.runners {
+        let addr = runner.listen_addr().map_err(|message| {
+            Error::Config(crate::config::ConfigError::Invalid {
+                origin: "config".to_owned(),
+                key: format!("rrq.runners.{name}.tcp_socket"),
+                message,
+            })
+        })?;
+        let l = Listener::bind(name, addr).await?;
+        addrs.push((name.clone(), l.addr));
+        listeners.push(l.serve(
+            cfg.clone(),
+            dispatcher.clone(),
+            instance_id.clone(),
+            stop_listeners.clone(),
+        ));
+    }
+    for (name, addr) in &addrs {
+        let runner = &cfg.runners[name];
+        if runner.cmd.is_some() {
+            supervisor.start(Spawn {
+                runner: name.clone(),
+                config: runner.clone(),
+                addr: addr.to_string(),
+                instance_id: instance_id.clone(),
+            });
+        }
+    }
+
+    let burst_done = opts.burst.then(CancellationToken::new);
+    let tasks = vec![
+        tokio::spawn(
+            Scheduler {
+                cfg: cfg.clone(),
+                store: store.clone(),
+                dispatcher: dispatcher.clone(),
+                settler: settler.clone(),
+                wake: wake.clone(),
+                queues: queues.clone(),
+                owner: instance_id.clone(),
+                stop: stop_claims.clone(),
+                burst_done: burst_done.clone(),
+            }
+            .run(),
+        ),
+        tokio::spawn(discovery::listen(
+            client.clone(),
+            queues.clone(),
+            wake.clone(),
+            stop_services.clone(),
+        )),
+        tokio::spawn(discovery::refresh(
+            store.clone(),
+            queues.clone(),
+            wake.clone(),
+            stop_services.clone(),
+        )),
+        tokio::spawn(lease::run(
+            cfg.clone(),
+            store.clone(),
+            dispatcher.clone(),
+            instance_id.clone(),
+            stop_services.clone(),
+        )),
+        tokio::spawn(recovery::run(
+            cfg.clone(),
+            store.clone(),
+            queues.clone(),
+            stop_services.clone(),
+        )),
+    ];
+
+    let listen: Vec<String> = addrs.iter().map(|(n, a)| format!("{n}={a}")).collect();
+    info!(
+        "rrq orchestrator ready instance_id={instance_id} listen=[{}] queues=[{}] redis={dsn} burst={}",
+        listen.join(","),
+        queues.list().join(","),
+        opts.burst
+    );
+
+    let burst_wait = async {
+        match &burst_done {
+            Some(t) => t.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown.requested.cancelled() => info!("shutdown requested; draining"),
+        _ = burst_wait => {}
+    }
+
+    // 1. Stop claiming; held jobs go back to their queues.
+    stop_claims.cancel();
+    dispatcher.begin_drain();
+    // 2. Let running executions finish, up to the grace period.
+    let deadline = tokio::time::Instant::now() + cfg.shutdown_grace();
+    dispatcher.wait_idle(deadline, &shutdown.hurry).await;
+    // 3. Cancel and release the rest without charging their attempt.
+    let released = dispatcher.release_running();
+    if released > 0 {
+        warn!(
+            released,
+            "released executions still running after shutdown_grace_seconds"
+        );
+    }
+    if tokio::time::timeout(std::time::Duration::from_secs(10), settler.flushed())
+        .await
+        .is_err()
+    {
+        warn!(
+            pending = settler.pending(),
+            "gave up waiting for settles; lease recovery will handle them"
+        );
+    }
+    // 4. Stop runners and services.
+    stop_services.cancel();
+    supervisor.stop().await;
+    dispatcher.close_all();
+    stop_listeners.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    for l in listeners {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), l).await;
+    }
+    info!("rrq orchestrator stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dsn_passwords_are_hidden() {
+        assert_eq!(
+            redact("redis://:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(
+            redact("redis://localhost:6379/0"),
+            "redis://localhost:6379/0"
+        );
+    }
+
+    #[test]
+    fn instance_ids_differ() {
+        let a = instance_id();
+        assert!(a.contains(&std::process::id().to_string()));
+        assert_ne!(a, instance_id());
+    }
+}

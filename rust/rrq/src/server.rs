@@ -1,0 +1,258 @@
+//! The gRPC side: `RunnerService.Connect`, one listener per configured runner.
+//!
+//! Each stream goes hello → hello_ack → (execute/cancel ⇄ outcomes/heartbeat).
+//! A protocol violation ends only that stream, with a typed status.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use rrq_proto::v1::runner_service_server::{RunnerService, RunnerServiceServer};
+use rrq_proto::v1::{
+    HelloAck, OrchestratorMessage, RunnerHello, RunnerMessage, orchestrator_message, runner_message,
+};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::dispatcher::{Dispatcher, NewSession};
+use crate::session::SessionId;
+
+/// The only protocol version this orchestrator speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest message accepted from a runner: room for a full batch of results
+/// of `max_payload_bytes` each.
+const MIN_DECODING_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Silence intervals after which a stream is considered dead.
+const MISSED_HEARTBEATS: u32 = 3;
+
+/// `RunnerService` implementation shared by every listener.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    cfg: Arc<Config>,
+    dispatcher: Arc<Dispatcher>,
+    instance_id: String,
+    /// Runner this listener was opened for (for logs).
+    listener_runner: String,
+}
+
+type ConnectStream = Pin<Box<dyn Stream<Item = Result<OrchestratorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RunnerService for Endpoint {
+    type ConnectStream = ConnectStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<RunnerMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let mut inbound = request.into_inner();
+        let silence = self.cfg.heartbeat_interval() * MISSED_HEARTBEATS;
+        let first = match tokio::time::timeout(silence, inbound.message()).await {
+            Err(_) => return Err(Status::deadline_exceeded("no hello received")),
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) => return Err(Status::invalid_argument("stream ended before hello")),
+            Ok(Ok(Some(m))) => m,
+        };
+        let hello = match first.kind {
+            Some(runner_message::Kind::Hello(h)) => h,
+            _ => return Err(Status::invalid_argument("the first message must be hello")),
+        };
+        self.check_hello(&hello)?;
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        // The ack goes first on the channel, so it precedes every execute.
+        let _ = tx.send(Ok(OrchestratorMessage {
+            kind: Some(orchestrator_message::Kind::HelloAck(HelloAck {
+                protocol_version: PROTOCOL_VERSION,
+                orchestrator_id: self.instance_id.clone(),
+                heartbeat_interval_ms: self.cfg.heartbeat_interval().as_millis() as i64,
+                max_result_bytes: i64::try_from(self.cfg.max_payload_bytes).unwrap_or(i64::MAX),
+            })),
+        }));
+        let close = CancellationToken::new();
+        let handlers: BTreeSet<String> = hello.handlers.iter().cloned().collect();
+        info!(
+            "runner connected name={} pid={} max_in_flight={} handlers={} listener={}",
+            hello.runner_name,
+            hello.pid,
+            hello.max_in_flight,
+            handlers.len(),
+            self.listener_runner
+        );
+        let sid = self.dispatcher.register(NewSession {
+            runner: hello.runner_name.clone(),
+            handlers,
+            max_in_flight: hello.max_in_flight as usize,
+            pid: hello.pid,
+            process_token: hello.process_token.clone(),
+            tx: tx.clone(),
+            close: close.clone(),
+        });
+        tokio::spawn(read_loop(
+            self.dispatcher.clone(),
+            sid,
+            inbound,
+            tx,
+            close,
+            silence,
+        ));
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+impl Endpoint {
+    fn check_hello(&self, hello: &RunnerHello) -> Result<(), Status> {
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "protocol_version {} is not supported; this orchestrator speaks {PROTOCOL_VERSION}",
+                hello.protocol_version
+            )));
+        }
+        if hello.runner_name.is_empty() {
+            return Err(Status::invalid_argument(
+                "hello.runner_name must not be empty",
+            ));
+        }
+        if hello.max_in_flight == 0 {
+            return Err(Status::invalid_argument(
+                "hello.max_in_flight must be at least 1",
+            ));
+        }
+        if !self.cfg.runners.contains_key(&hello.runner_name) {
+            let names: Vec<&str> = self.cfg.runners.keys().map(String::as_str).collect();
+            return Err(Status::not_found(format!(
+                "no runner named {:?} is configured (configured: {})",
+                hello.runner_name,
+                names.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Reads one session's messages until it ends, goes silent, breaks the
+/// protocol or is closed by us; then reports it lost.
+async fn read_loop(
+    dispatcher: Arc<Dispatcher>,
+    sid: SessionId,
+    mut inbound: Streaming<RunnerMessage>,
+    tx: mpsc::UnboundedSender<Result<OrchestratorMessage, Status>>,
+    close: CancellationToken,
+    silence: Duration,
+) {
+    let reason = loop {
+        let next = tokio::select! {
+            _ = close.cancelled() => break "closed by the orchestrator".to_owned(),
+            r = tokio::time::timeout(silence, inbound.message()) => r,
+        };
+        let message = match next {
+            Err(_) => {
+                let _ = tx.send(Err(Status::deadline_exceeded(format!(
+                    "no message for {}s ({MISSED_HEARTBEATS} heartbeat intervals)",
+                    silence.as_secs_f64()
+                ))));
+                break "no heartbeat".to_owned();
+            }
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => break "stream ended".to_owned(),
+            Ok(Err(status)) => break format!("stream failed: {}", status.message()),
+        };
+        match message.kind {
+            Some(runner_message::Kind::Outcomes(batch)) => {
+                dispatcher.on_outcomes(sid, batch.outcomes)
+            }
+            Some(runner_message::Kind::Heartbeat(h)) => {
+                debug!(session = sid, in_flight = h.in_flight, "heartbeat")
+            }
+            Some(runner_message::Kind::Hello(_)) => {
+                warn!(
+                    session = sid,
+                    "runner sent a second hello; closing its stream"
+                );
+                let _ = tx.send(Err(Status::invalid_argument("hello may only be sent once")));
+                break "protocol violation: second hello".to_owned();
+            }
+            None => {
+                warn!(
+                    session = sid,
+                    "runner sent a message without a kind; closing its stream"
+                );
+                let _ = tx.send(Err(Status::invalid_argument("message has no kind set")));
+                break "protocol violation: empty message".to_owned();
+            }
+        }
+    };
+    dispatcher.session_lost(sid, &reason);
+}
+
+/// A bound runner listener.
+#[derive(Debug)]
+pub struct Listener {
+    /// Runner name.
+    pub runner: String,
+    /// Bound address.
+    pub addr: std::net::SocketAddr,
+    listener: TcpListener,
+}
+
+impl Listener {
+    /// Binds `addr` for `runner`.
+    pub async fn bind(runner: &str, addr: std::net::SocketAddr) -> crate::Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| crate::Error::Bind {
+                runner: runner.to_owned(),
+                addr,
+                source,
+            })?;
+        let addr = listener.local_addr()?;
+        Ok(Self {
+            runner: runner.to_owned(),
+            addr,
+            listener,
+        })
+    }
+
+    /// Serves `RunnerService` on this listener until `stop`.
+    pub fn serve(
+        self,
+        cfg: Arc<Config>,
+        dispatcher: Arc<Dispatcher>,
+        instance_id: String,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let limit = MIN_DECODING_LIMIT.max(
+            usize::try_from(cfg.max_payload_bytes)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(4),
+        );
+        let endpoint = Endpoint {
+            cfg,
+            dispatcher,
+            instance_id,
+            listener_runner: self.runner.clone(),
+        };
+        let service = RunnerServiceServer::new(endpoint).max_decoding_message_size(limit);
+        let runner = self.runner;
+        let incoming = TcpListenerStream::new(self.listener);
+        tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await;
+            if let Err(e) = result {
+                warn!(runner, "runner listener stopped: {e}");
+            }
+        })
+    }
+}

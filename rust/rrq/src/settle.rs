@@ -1,0 +1,379 @@
+//! Settling attempts: what each outcome means for the job, and the task that
+//! writes settles to Redis in pipelined batches.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rrq_proto::v1::{FailureKind, outcome};
+use rrq_store::{Error as StoreError, Settle, SettleAction, Store};
+use tokio::sync::{Notify, mpsc};
+use tracing::{debug, warn};
+
+/// Error types written to `last_error_type` by the orchestrator itself.
+pub mod error_type {
+    /// The attempt passed its deadline.
+    pub const JOB_TIMEOUT: &str = "JobTimeout";
+    /// The runner's stream ended (or went silent) before the outcome arrived.
+    pub const RUNNER_LOST: &str = "RunnerLost";
+    /// No connected session of the target runner registered the handler.
+    pub const UNKNOWN_FUNCTION: &str = "UnknownFunction";
+    /// The result exceeded `max_payload_bytes`.
+    pub const RESULT_TOO_LARGE: &str = "ResultTooLarge";
+    /// The handler asked to be retried.
+    pub const RETRY: &str = "Retry";
+    /// The runner reported a cancel the orchestrator did not ask for.
+    pub const CANCELLED: &str = "Cancelled";
+}
+
+/// Longest traceback kept in `last_error` (its tail, where the error is).
+const MAX_TRACEBACK_BYTES: usize = 8 * 1024;
+
+/// Inputs of [`action_for`] that come from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Largest result stored.
+    pub max_payload_bytes: usize,
+    /// First retry delay.
+    pub backoff_initial: Duration,
+    /// Retry delay cap.
+    pub backoff_max: Duration,
+}
+
+impl Policy {
+    /// Backoff delay after `attempt` failed.
+    pub fn backoff_ms(&self, attempt: i64) -> i64 {
+        crate::backoff::retry_delay_ms(attempt, self.backoff_initial, self.backoff_max)
+    }
+}
+
+/// What to write for a runner's outcome of a running attempt; `None` when
+/// nothing must be written.
+pub fn action_for(
+    result: Option<&outcome::Result>,
+    attempt: i64,
+    policy: &Policy,
+) -> Option<SettleAction> {
+    let retry = |error_type: &str, message: String| SettleAction::Retry {
+        message,
+        error_type: error_type.to_owned(),
+        delay_ms: policy.backoff_ms(attempt),
+    };
+    Some(match result {
+        Some(outcome::Result::Success(s)) => {
+            if s.result_json.len() > policy.max_payload_bytes {
+                retry(
+                    error_type::RESULT_TOO_LARGE,
+                    format!(
+                        "result is {} bytes, the limit is {} (max_payload_bytes)",
+                        s.result_json.len(),
+                        policy.max_payload_bytes
+                    ),
+                )
+            } else {
+                SettleAction::Complete {
+                    result_json: s.result_json.clone(),
+                }
+            }
+        }
+        Some(outcome::Result::Retry(r)) => SettleAction::Retry {
+            message: if r.message.is_empty() {
+                "the handler asked to be retried".to_owned()
+            } else {
+                r.message.clone()
+            },
+            error_type: error_type::RETRY.to_owned(),
+            delay_ms: r
+                .delay_ms
+                .map(|d| d.max(0))
+                .unwrap_or_else(|| policy.backoff_ms(attempt)),
+        },
+        Some(outcome::Result::Failure(f)) => {
+            let kind = FailureKind::try_from(f.kind).unwrap_or(FailureKind::HandlerError);
+            let error_type = if f.error_type.is_empty() {
+                kind.as_str_name()
+                    .trim_start_matches("FAILURE_KIND_")
+                    .to_owned()
+            } else {
+                f.error_type.clone()
+            };
+            let message = failure_message(&f.message, &f.traceback);
+            match kind {
+                FailureKind::UnknownHandler | FailureKind::InvalidParams | FailureKind::Fatal => {
+                    SettleAction::Fail {
+                        message,
+                        error_type,
+                    }
+                }
+                FailureKind::Unspecified
+                | FailureKind::HandlerError
+                | FailureKind::ResultNotSerializable
+                | FailureKind::ResultTooLarge => SettleAction::Retry {
+                    message,
+                    error_type,
+                    delay_ms: policy.backoff_ms(attempt),
+                },
+            }
+        }
+        // A cancel we did not send (ours are settled when sent): count it as
+        // a failed attempt so the job is not left ACTIVE until its lease expires.
+        Some(outcome::Result::Cancelled(_)) => retry(
+            error_type::CANCELLED,
+            "the runner cancelled the attempt".to_owned(),
+        ),
+        // The runner enforced the deadline before our own timer fired.
+        Some(outcome::Result::TimedOut(_)) => retry(
+            error_type::JOB_TIMEOUT,
+            "job timed out (reported by the runner)".to_owned(),
+        ),
+        None => retry(
+            "InvalidOutcome",
+            "the runner sent an outcome without a result".to_owned(),
+        ),
+    })
+}
+
+fn failure_message(message: &str, traceback: &str) -> String {
+    let message = if message.is_empty() {
+        "the handler failed"
+    } else {
+        message
+    };
+    if traceback.is_empty() {
+        return message.to_owned();
+    }
+    let mut start = traceback.len().saturating_sub(MAX_TRACEBACK_BYTES);
+    while !traceback.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("{message}\n{}", &traceback[start..])
+}
+
+/// Queue of settles feeding one writer task that batches them into pipelines.
+#[derive(Debug, Clone)]
+pub struct Settler {
+    tx: mpsc::UnboundedSender<Settle>,
+    pending: Arc<Pending>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// Most settles in one pipeline.
+const MAX_BATCH: usize = 512;
+
+impl Settler {
+    /// Starts the writer task.
+    pub fn start(store: Store) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(Pending::default());
+        tokio::spawn(run(store, rx, pending.clone()));
+        Self { tx, pending }
+    }
+
+    /// Queues settles; they are written in order of submission.
+    pub fn submit(&self, settles: impl IntoIterator<Item = Settle>) {
+        for s in settles {
+            self.pending.count.fetch_add(1, Ordering::SeqCst);
+            if self.tx.send(s).is_err() {
+                // The writer only stops when the runtime does.
+                self.pending.count.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Settles queued but not yet written.
+    pub fn pending(&self) -> usize {
+        self.pending.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every queued settle was written (or given up on).
+    pub async fn flushed(&self) {
+        loop {
+            let idle = self.pending.idle.notified();
+            if self.pending() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Settle>, pending: Arc<Pending>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        write(&store, &batch).await;
+        pending.count.fetch_sub(batch.len(), Ordering::SeqCst);
+        pending.idle.notify_waiters();
+        batch.clear();
+    }
+}
+
+async fn write(store: &Store, batch: &[Settle]) {
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1..=6 {
+        match store.settle(batch).await {
+            Ok(results) => {
+                for (s, r) in batch.iter().zip(results) {
+                    match r {
+                        Ok(done) => debug!(
+                            job_id = %s.job_id, attempt = s.attempt, status = done.status,
+                            "settled"
+                        ),
+                        Err(e @ StoreError::StaleFence { .. }) => {
+                            debug!(queue = %s.queue, "settle rejected: {e}")
+                        }
+                        Err(e) => warn!(job_id = %s.job_id, "settle failed: {e}"),
+                    }
+                }
+                return;
+            }
+            Err(e) if e.is_retryable() && attempt < 6 => {
+                warn!("settle batch of {} failed, retrying: {e}", batch.len());
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => {
+                // The leases of these jobs are no longer renewed, so lease
+                // recovery gives them back: delivery stays at least once.
+                warn!(
+                    "settle batch of {} failed, leaving the jobs to lease recovery: {e}",
+                    batch.len()
+                );
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rrq_proto::v1::{Cancelled, Failure, Retry, Success, TimedOut};
+
+    const POLICY: Policy = Policy {
+        max_payload_bytes: 10,
+        backoff_initial: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(300),
+    };
+
+    #[test]
+    fn success_completes() {
+        let r = outcome::Result::Success(Success {
+            result_json: "{}".into(),
+        });
+        assert_eq!(
+            action_for(Some(&r), 1, &POLICY),
+            Some(SettleAction::Complete {
+                result_json: "{}".into()
+            })
+        );
+    }
+
+    #[test]
+    fn oversized_result_retries() {
+        let r = outcome::Result::Success(Success {
+            result_json: "x".repeat(11),
+        });
+        match action_for(Some(&r), 1, &POLICY) {
+            Some(SettleAction::Retry { error_type, .. }) => {
+                assert_eq!(error_type, "ResultTooLarge")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn retry_uses_the_handlers_delay() {
+        let r = outcome::Result::Retry(Retry {
+            delay_ms: Some(1234),
+            message: "later".into(),
+        });
+        assert_eq!(
+            action_for(Some(&r), 1, &POLICY),
+            Some(SettleAction::Retry {
+                message: "later".into(),
+                error_type: "Retry".into(),
+                delay_ms: 1234
+            })
+        );
+        let r = outcome::Result::Retry(Retry {
+            delay_ms: None,
+            message: String::new(),
+        });
+        match action_for(Some(&r), 2, &POLICY) {
+            Some(SettleAction::Retry { delay_ms, .. }) => {
+                assert!((1000..=2000).contains(&delay_ms))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn failure(kind: FailureKind) -> outcome::Result {
+        outcome::Result::Failure(Failure {
+            kind: kind as i32,
+            error_type: "ValueError".into(),
+            message: "bad".into(),
+            traceback: "Traceback...".into(),
+        })
+    }
+
+    #[test]
+    fn failure_kinds_decide_retry_or_fail() {
+        for kind in [
+            FailureKind::Unspecified,
+            FailureKind::HandlerError,
+            FailureKind::ResultNotSerializable,
+            FailureKind::ResultTooLarge,
+        ] {
+            match action_for(Some(&failure(kind)), 1, &POLICY) {
+                Some(SettleAction::Retry {
+                    error_type,
+                    message,
+                    ..
+                }) => {
+                    assert_eq!(error_type, "ValueError");
+                    assert_eq!(message, "bad\nTraceback...");
+                }
+                other => panic!("{kind:?}: {other:?}"),
+            }
+        }
+        for kind in [
+            FailureKind::UnknownHandler,
+            FailureKind::InvalidParams,
+            FailureKind::Fatal,
+        ] {
+            assert!(
+                matches!(
+                    action_for(Some(&failure(kind)), 1, &POLICY),
+                    Some(SettleAction::Fail { .. })
+                ),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_tracebacks_keep_their_tail() {
+        let tb = format!("{}END", "é".repeat(MAX_TRACEBACK_BYTES));
+        let m = failure_message("m", &tb);
+        assert!(m.ends_with("END"));
+        assert!(m.len() <= MAX_TRACEBACK_BYTES + 2);
+    }
+
+    #[test]
+    fn unsolicited_cancel_and_timeout_retry() {
+        for r in [
+            outcome::Result::Cancelled(Cancelled {}),
+            outcome::Result::TimedOut(TimedOut {}),
+        ] {
+            assert!(matches!(
+                action_for(Some(&r), 1, &POLICY),
+                Some(SettleAction::Retry { .. })
+            ));
+        }
+    }
+}
