@@ -1,0 +1,331 @@
+"""The one boundary between generated protobuf types (``rrq.v1``) and user types.
+
+Nothing else in the package reads or builds a generated message: the job
+record (a Redis hash whose fields are ``rrq.v1.Job``'s) becomes a
+:class:`~rrq.job.JobResult` here, and the runner stream's messages become
+plain dataclasses here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import grpc.aio
+from google.protobuf.descriptor import FieldDescriptor
+
+from rrq.exceptions import InvalidParamsError
+from rrq.execution import ExecutionContext, ExecutionRequest
+from rrq.job import JobResult, JobStatus
+from rrq.v1 import job_pb2, runner_pb2, runner_pb2_grpc
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Cancel",
+    "Execute",
+    "FailureKind",
+    "HelloAck",
+    "Outcome",
+    "Stream",
+    "StreamEnded",
+    "decode_orchestrator_message",
+    "job_result_from_hash",
+    "job_status_from_number",
+]
+
+PROTOCOL_VERSION = 1
+
+# --- job records -------------------------------------------------------------
+
+_STATUS_FROM_NUMBER: dict[int, JobStatus] = {
+    job_pb2.JOB_STATUS_PENDING: JobStatus.PENDING,
+    job_pb2.JOB_STATUS_ACTIVE: JobStatus.ACTIVE,
+    job_pb2.JOB_STATUS_RETRYING: JobStatus.RETRYING,
+    job_pb2.JOB_STATUS_COMPLETED: JobStatus.COMPLETED,
+    job_pb2.JOB_STATUS_FAILED: JobStatus.FAILED,
+    job_pb2.JOB_STATUS_CANCELLED: JobStatus.CANCELLED,
+}
+
+
+def job_status_from_number(number: int) -> JobStatus:
+    """Maps a stored ``JobStatus`` number to :class:`JobStatus`."""
+    try:
+        return _STATUS_FROM_NUMBER[number]
+    except KeyError:
+        raise ValueError(f"unknown job status number {number}") from None
+
+
+def _job_from_hash(fields: Mapping[bytes, bytes]) -> job_pb2.Job:
+    """Reads a job hash into ``rrq.v1.Job``; unknown hash fields are ignored."""
+    job = job_pb2.Job()
+    by_name = job_pb2.Job.DESCRIPTOR.fields_by_name
+    for raw_name, raw_value in fields.items():
+        name = raw_name.decode()
+        descriptor = by_name.get(name)
+        if descriptor is None:
+            continue
+        text = raw_value.decode()
+        if descriptor.type == FieldDescriptor.TYPE_STRING:
+            setattr(job, name, text)
+        else:  # int64 and enum fields are stored as decimal integers
+            setattr(job, name, int(text))
+    return job
+
+
+def _datetime_from_ms(ms: int) -> datetime | None:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms > 0 else None
+
+
+def job_result_from_hash(fields: Mapping[bytes, bytes]) -> JobResult:
+    """Converts a job hash (as returned by HGETALL) into a :class:`JobResult`."""
+    job = _job_from_hash(fields)
+    result: Any = None
+    if job.result_json:
+        try:
+            result = json.loads(job.result_json)
+        except ValueError:  # written by a foreign producer; show it as it is
+            result = job.result_json
+    return JobResult(
+        job_id=job.id,
+        status=job_status_from_number(job.status),
+        function_name=job.function_name,
+        queue_name=job.queue_name,
+        attempt=job.attempt,
+        max_retries=job.max_retries,
+        result=result,
+        last_error=job.last_error,
+        last_error_type=job.last_error_type,
+        enqueued_at=_datetime_from_ms(job.enqueued_at_ms),
+        finished_at=_datetime_from_ms(job.finished_at_ms),
+    )
+
+
+# --- runner stream ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HelloAck:
+    """The orchestrator's answer to the hello."""
+
+    orchestrator_id: str
+    heartbeat_interval_ms: int
+    max_result_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """One execution from an ``execute`` batch.
+
+    ``request`` is None when the params could not be decoded to a JSON object;
+    ``params_error`` then says why.
+    """
+
+    job_id: str
+    attempt: int
+    function_name: str
+    request: ExecutionRequest | None
+    params_error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """A cancel request; ``timeout`` is True when the reason is the deadline."""
+
+    job_id: str
+    attempt: int
+    timeout: bool
+
+
+class StreamEnded(Exception):  # noqa: N818 - a signal, not an error condition
+    """The orchestrator closed the stream or sent something unexpected."""
+
+
+FailureKind = Literal[
+    "HANDLER_ERROR",
+    "UNKNOWN_HANDLER",
+    "INVALID_PARAMS",
+    "RESULT_NOT_SERIALIZABLE",
+    "RESULT_TOO_LARGE",
+    "FATAL",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one execution ended; exactly one of the variants is set by ``kind``."""
+
+    job_id: str
+    attempt: int
+    kind: Literal["success", "retry", "failure", "cancelled", "timed_out"]
+    result_json: str = ""
+    delay_ms: int | None = None
+    message: str = ""
+    failure_kind: FailureKind = "HANDLER_ERROR"
+    error_type: str = ""
+    traceback: str = ""
+
+
+def _params_from_json(params_json: str) -> dict[str, Any]:
+    try:
+        params = json.loads(params_json) if params_json else {}
+    except ValueError as exc:
+        raise InvalidParamsError(f"params are not valid JSON: {exc}") from exc
+    if not isinstance(params, dict):
+        raise InvalidParamsError(f"params must be a JSON object, got {type(params).__name__}")
+    return params
+
+
+def _execute_from_wire(req: runner_pb2.ExecutionRequest) -> Execute:
+    try:
+        params = _params_from_json(req.params_json)
+    except InvalidParamsError as exc:
+        return Execute(req.job_id, req.attempt, req.function_name, None, str(exc))
+    trace: dict[str, str] = {}
+    if req.trace_parent:
+        trace["traceparent"] = req.trace_parent
+    if req.trace_state:
+        trace["tracestate"] = req.trace_state
+    context = ExecutionContext(
+        attempt=req.attempt,
+        queue_name=req.queue_name,
+        enqueued_at=datetime.fromtimestamp(req.enqueued_at_ms / 1000, tz=UTC),
+        deadline=datetime.fromtimestamp(req.deadline_ms / 1000, tz=UTC),
+        max_retries=req.max_retries,
+        trace_context=trace,
+    )
+    request = ExecutionRequest(
+        job_id=req.job_id, function_name=req.function_name, params=params, context=context
+    )
+    return Execute(req.job_id, req.attempt, req.function_name, request, "")
+
+
+def decode_orchestrator_message(
+    message: runner_pb2.OrchestratorMessage,
+) -> HelloAck | list[Execute] | Cancel:
+    """Decodes one message from the orchestrator; raises StreamEnded on an empty one."""
+    kind = message.WhichOneof("kind")
+    if kind == "hello_ack":
+        ack = message.hello_ack
+        return HelloAck(ack.orchestrator_id, ack.heartbeat_interval_ms, ack.max_result_bytes)
+    if kind == "execute":
+        return [_execute_from_wire(req) for req in message.execute.requests]
+    if kind == "cancel":
+        cancel = message.cancel
+        return Cancel(
+            cancel.job_id, cancel.attempt, cancel.reason == runner_pb2.CANCEL_REASON_TIMEOUT
+        )
+    raise StreamEnded(f"unexpected orchestrator message kind {kind!r}")
+
+
+_FAILURE_KIND: dict[str, runner_pb2.FailureKind.ValueType] = {
+    "HANDLER_ERROR": runner_pb2.FAILURE_KIND_HANDLER_ERROR,
+    "UNKNOWN_HANDLER": runner_pb2.FAILURE_KIND_UNKNOWN_HANDLER,
+    "INVALID_PARAMS": runner_pb2.FAILURE_KIND_INVALID_PARAMS,
+    "RESULT_NOT_SERIALIZABLE": runner_pb2.FAILURE_KIND_RESULT_NOT_SERIALIZABLE,
+    "RESULT_TOO_LARGE": runner_pb2.FAILURE_KIND_RESULT_TOO_LARGE,
+    "FATAL": runner_pb2.FAILURE_KIND_FATAL,
+}
+
+
+def _encode_outcome(outcome: Outcome) -> runner_pb2.Outcome:
+    wire = runner_pb2.Outcome(job_id=outcome.job_id, attempt=outcome.attempt)
+    if outcome.kind == "success":
+        wire.success.result_json = outcome.result_json
+    elif outcome.kind == "retry":
+        wire.retry.message = outcome.message
+        if outcome.delay_ms is not None:
+            wire.retry.delay_ms = outcome.delay_ms
+    elif outcome.kind == "failure":
+        wire.failure.kind = _FAILURE_KIND[outcome.failure_kind]
+        wire.failure.error_type = outcome.error_type
+        wire.failure.message = outcome.message
+        wire.failure.traceback = outcome.traceback
+    elif outcome.kind == "cancelled":
+        wire.cancelled.SetInParent()
+    else:
+        wire.timed_out.SetInParent()
+    return wire
+
+
+class Stream:
+    """The runner's end of one ``RunnerService.Connect`` stream.
+
+    ``send_*`` queue a message; one writer task writes them in order, so
+    callers never interleave writes. ``read`` returns the next decoded message
+    from the orchestrator.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        stub = runner_pb2_grpc.RunnerServiceStub(channel)
+        self._call = stub.Connect(None)
+        self._closed_here = False
+        self._outgoing: asyncio.Queue[runner_pb2.RunnerMessage | None] = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write_all(), name="rrq-stream-writer")
+
+    async def _write_all(self) -> None:
+        try:
+            while (message := await self._outgoing.get()) is not None:
+                await self._call.write(message)
+            await self._call.done_writing()
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            return  # the stream is over; read() reports why
+
+    def send_hello(
+        self,
+        *,
+        runner_name: str,
+        handlers: Sequence[str],
+        max_in_flight: int,
+        pid: int,
+        process_token: str,
+    ) -> None:
+        """Queues the first message of the stream."""
+        hello = runner_pb2.RunnerHello(
+            protocol_version=PROTOCOL_VERSION,
+            runner_name=runner_name,
+            language="python",
+            handlers=list(handlers),
+            max_in_flight=max_in_flight,
+            pid=pid,
+            process_token=process_token,
+        )
+        self._outgoing.put_nowait(runner_pb2.RunnerMessage(hello=hello))
+
+    def send_heartbeat(self, in_flight: int) -> None:
+        """Queues a liveness signal."""
+        heartbeat = runner_pb2.Heartbeat(in_flight=in_flight)
+        self._outgoing.put_nowait(runner_pb2.RunnerMessage(heartbeat=heartbeat))
+
+    def send_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Queues one ``outcomes`` message carrying every given outcome."""
+        batch = runner_pb2.OutcomeBatch(outcomes=[_encode_outcome(o) for o in outcomes])
+        self._outgoing.put_nowait(runner_pb2.RunnerMessage(outcomes=batch))
+
+    async def finish_sending(self) -> None:
+        """Writes everything queued so far, then half-closes the stream."""
+        self._outgoing.put_nowait(None)
+        await asyncio.shield(self._writer)
+
+    async def read(self) -> HelloAck | list[Execute] | Cancel:
+        """The next decoded message; raises StreamEnded when the stream is over."""
+        try:
+            message = await self._call.read()
+        except asyncio.CancelledError:
+            if self._closed_here:  # grpc reports our own cancel() this way
+                raise StreamEnded("the runner closed the stream") from None
+            raise
+        except grpc.aio.AioRpcError as exc:
+            raise StreamEnded(f"stream failed: {exc.code().name}: {exc.details()}") from exc
+        if not isinstance(message, runner_pb2.OrchestratorMessage):  # grpc.aio.EOF
+            raise StreamEnded("the orchestrator closed the stream")
+        return decode_orchestrator_message(message)
+
+    def cancel(self) -> None:
+        """Ends the call from the runner's side."""
+        self._closed_here = True
+        self._writer.cancel()
+        self._call.cancel()

@@ -1,0 +1,56 @@
+-- claim: move up to N due jobs of one queue to ACTIVE under a lease.
+--
+-- KEYS[1]  due zset         rrq:{<queue>}:due
+-- KEYS[2]  active zset      rrq:{<queue>}:active   (score = lease deadline, ms)
+-- KEYS[3]  job key prefix   rrq:{<queue>}:job:     (job hash = prefix .. id)
+-- ARGV[1]  max jobs to claim (>= 1)
+-- ARGV[2]  owner: id of the claiming orchestrator instance
+-- ARGV[3]  lease_ms
+--
+-- Returns {now_ms, next_due_in_ms, job...} where next_due_in_ms is the time until
+-- the earliest job still waiting (-1 when none waits) and each job is
+-- {id, attempt, function_name, params_json, max_retries, job_timeout_ms,
+--  enqueued_at_ms, trace_parent, trace_state}.
+--
+-- Guarantee: a claimed job's attempt is incremented (it is the fence token of
+-- this attempt), its status is ACTIVE and it sits in the active zset with a
+-- lease deadline in Redis time. A due entry whose record vanished or is not
+-- waiting is dropped, never returned.
+local due_key = KEYS[1]
+local active_key = KEYS[2]
+local job_prefix = KEYS[3]
+
+local STATUS_PENDING = 1
+local STATUS_ACTIVE = 2
+local STATUS_RETRYING = 3
+
+local max_jobs = tonumber(ARGV[1])
+local owner = ARGV[2]
+local lease_ms = tonumber(ARGV[3])
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local result = {now, -1}
+local ids = redis.call('ZRANGEBYSCORE', due_key, '-inf', now, 'LIMIT', 0, max_jobs)
+for _, id in ipairs(ids) do
+  local key = job_prefix .. id
+  redis.call('ZREM', due_key, id)
+  local f = redis.call('HMGET', key, 'status', 'attempt', 'function_name', 'params_json',
+    'max_retries', 'job_timeout_ms', 'enqueued_at_ms', 'trace_parent', 'trace_state')
+  local status = tonumber(f[1])
+  if status == STATUS_PENDING or status == STATUS_RETRYING then
+    local attempt = (tonumber(f[2]) or 0) + 1
+    redis.call('HSET', key, 'status', STATUS_ACTIVE, 'attempt', attempt,
+      'lease_owner', owner, 'started_at_ms', now)
+    redis.call('ZADD', active_key, now + lease_ms, id)
+    table.insert(result, {id, attempt, f[3], f[4], f[5] or '0', f[6] or '0', f[7] or '0',
+      f[8] or '', f[9] or ''})
+  end
+end
+
+local head = redis.call('ZRANGE', due_key, 0, 0, 'WITHSCORES')
+if head[2] then
+  result[2] = math.max(0, tonumber(head[2]) - now)
+end
+return result

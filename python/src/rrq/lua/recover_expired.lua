@@ -1,0 +1,56 @@
+-- recover_expired: give back jobs whose lease expired (their owner died or was cut off).
+--
+-- KEYS[1]  active zset      rrq:{<queue>}:active
+-- KEYS[2]  due zset         rrq:{<queue>}:due
+-- KEYS[3]  dead-letter zset rrq:{<queue>}:dlq
+-- KEYS[4]  job key prefix   rrq:{<queue>}:job:
+-- ARGV[1]  max jobs to recover in this call (bounds the script's work)
+-- ARGV[2]  dead-letter retention ms
+-- ARGV[3]  wake channel     rrq:{<queue>}:wake
+-- ARGV[4]  done channel prefix rrq:{<queue>}:done:
+--
+-- Returns {requeued, dead_lettered}.
+--
+-- Guarantee: an expired attempt counts as a failed attempt (so a job that
+-- keeps killing its owner cannot loop forever): it is retried at once while
+-- retries remain and dead-lettered otherwise. Its attempt number stays, so the
+-- lost owner's late settle is rejected by the fence.
+local active_key = KEYS[1]
+local due_key = KEYS[2]
+local dlq_key = KEYS[3]
+local job_prefix = KEYS[4]
+
+local STATUS_ACTIVE = 2
+local STATUS_RETRYING = 3
+local STATUS_FAILED = 5
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local requeued, dead = 0, 0
+local ids = redis.call('ZRANGEBYSCORE', active_key, '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, id in ipairs(ids) do
+  local key = job_prefix .. id
+  redis.call('ZREM', active_key, id)
+  local f = redis.call('HMGET', key, 'status', 'attempt', 'max_retries', 'lease_owner')
+  if tonumber(f[1]) == STATUS_ACTIVE then
+    local message = 'lease expired: owner ' .. (f[4] or '?') .. ' was lost during attempt ' .. tostring(f[2])
+    redis.call('HSET', key, 'last_error', message, 'last_error_type', 'LeaseExpired')
+    redis.call('HDEL', key, 'lease_owner')
+    if (tonumber(f[2]) or 0) > (tonumber(f[3]) or 0) then
+      redis.call('HSET', key, 'status', STATUS_FAILED, 'finished_at_ms', now)
+      redis.call('ZADD', dlq_key, now, id)
+      redis.call('PEXPIRE', key, tonumber(ARGV[2]))
+      redis.call('PUBLISH', ARGV[4] .. id, STATUS_FAILED)
+      dead = dead + 1
+    else
+      redis.call('HSET', key, 'status', STATUS_RETRYING, 'run_at_ms', now)
+      redis.call('ZADD', due_key, now, id)
+      requeued = requeued + 1
+    end
+  end
+end
+if requeued > 0 then
+  redis.call('PUBLISH', ARGV[3], now)
+end
+return {requeued, dead}

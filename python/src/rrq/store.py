@@ -1,0 +1,306 @@
+"""The Redis contract on the Python side (docs/redis-schema.md).
+
+This is the only module that builds Redis key names and runs the Lua scripts.
+The scripts are package data (``rrq/lua/*.lua``), copied verbatim from
+``rust/rrq-store/lua`` by ``make gen``; they run with EVALSHA and are loaded
+again when Redis answers NOSCRIPT.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, ResponseError
+
+from rrq.exceptions import (
+    InvalidArgumentError,
+    InvalidParamsError,
+    PayloadTooLargeError,
+    RRQError,
+)
+
+__all__ = [
+    "QUEUES_KEY",
+    "SCRIPT_ERRORS",
+    "EnqueueArgs",
+    "EnqueueReply",
+    "Store",
+    "active_key",
+    "dlq_key",
+    "done_channel",
+    "due_key",
+    "job_key",
+    "job_key_prefix",
+    "script_error",
+    "wake_channel",
+]
+
+QUEUES_KEY: Final = "rrq:queues"
+
+
+def _queue_prefix(queue: str) -> str:
+    return f"rrq:{{{queue}}}"
+
+
+def job_key_prefix(queue: str) -> str:
+    """``rrq:{<queue>}:job:``, the prefix of every job hash of a queue."""
+    return f"{_queue_prefix(queue)}:job:"
+
+
+def job_key(queue: str, job_id: str) -> str:
+    """``rrq:{<queue>}:job:<id>``: the job record."""
+    return job_key_prefix(queue) + job_id
+
+
+def due_key(queue: str) -> str:
+    """``rrq:{<queue>}:due``: waiting job ids scored by run_at_ms."""
+    return f"{_queue_prefix(queue)}:due"
+
+
+def active_key(queue: str) -> str:
+    """``rrq:{<queue>}:active``: active job ids scored by lease deadline."""
+    return f"{_queue_prefix(queue)}:active"
+
+
+def dlq_key(queue: str) -> str:
+    """``rrq:{<queue>}:dlq``: dead-lettered job ids scored by time of death."""
+    return f"{_queue_prefix(queue)}:dlq"
+
+
+def wake_channel(queue: str) -> str:
+    """``rrq:{<queue>}:wake``: published when a job of the queue becomes due."""
+    return f"{_queue_prefix(queue)}:wake"
+
+
+def done_channel_prefix(queue: str) -> str:
+    """``rrq:{<queue>}:done:``."""
+    return f"{_queue_prefix(queue)}:done:"
+
+
+def done_channel(queue: str, job_id: str) -> str:
+    """``rrq:{<queue>}:done:<id>``: published on the job's terminal transition."""
+    return done_channel_prefix(queue) + job_id
+
+
+# The error codes of docs/redis-schema.md ("Error codes"), the one source.
+SCRIPT_ERRORS: Final[Mapping[str, type[RRQError]]] = {
+    "RRQ_PAYLOAD_TOO_LARGE": PayloadTooLargeError,
+    "RRQ_INVALID_PARAMS": InvalidParamsError,
+    "RRQ_INVALID_ARGUMENT": InvalidArgumentError,
+}
+
+
+def script_error(exc: ResponseError) -> RRQError | None:
+    """The typed error for a script's ``RRQ_<CODE> message`` reply, or None."""
+    text = str(exc)
+    code, _, message = text.partition(" ")
+    error_type = SCRIPT_ERRORS.get(code)
+    if error_type is None:
+        return None
+    return error_type(message or code)
+
+
+def _load_script(name: str) -> str:
+    return importlib.resources.files("rrq").joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueArgs:
+    """ARGV of enqueue.lua, already validated by the client."""
+
+    job_id: str
+    function_name: str
+    queue_name: str
+    params_json: str
+    max_retries: int
+    job_timeout_ms: int
+    result_ttl_ms: int
+    defer_ms: int
+    run_at_ms: int
+    max_params_bytes: int
+    trace_parent: str = ""
+    trace_state: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueReply:
+    """enqueue.lua's answer: ``created`` False means the id existed (then
+    ``value`` is its status number), else ``value`` is the run time in ms."""
+
+    created: bool
+    job_id: str
+    value: int
+
+
+class Store:
+    """Key layout and scripts over one redis-py asyncio client."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._scripts: dict[str, AsyncScript] = {}
+        self._loaded: set[str] = set()
+
+    def _script(self, name: str) -> AsyncScript:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self.redis.register_script(_load_script(name))
+            self._scripts[name] = script
+        return script
+
+    async def _run(
+        self,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[str | int],
+        *,
+        before: Sequence[tuple[str, Sequence[Any]]] = (),
+    ) -> list[Any]:
+        """Runs a script in one pipeline after the ``before`` commands.
+
+        The first call per script lets redis-py check/load it (SCRIPT EXISTS);
+        later calls send EVALSHA alone and retry once with loading on NOSCRIPT
+        (Redis restarted or SCRIPT FLUSH).
+        """
+        script = self._script(name)
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for command, command_args in before:
+                pipe.execute_command(command, *command_args)
+            if name in self._loaded and attempt == 0:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            else:
+                await script(keys=list(keys), args=list(args), client=pipe)
+            # raise_on_error=False keeps each reply's own error (redis-py would
+            # otherwise prefix the message with the pipeline position).
+            replies = await pipe.execute(raise_on_error=False)
+            for reply in replies:
+                if isinstance(reply, NoScriptError):
+                    break
+                if isinstance(reply, ResponseError):
+                    typed = script_error(reply)
+                    if typed is not None:
+                        raise typed from reply
+                    raise reply
+            else:
+                self._loaded.add(name)
+                result: list[Any] = replies[-1]  # every script returns an array
+                return result
+            self._loaded.discard(name)
+        raise RRQError(f"script {name} could not be loaded")  # pragma: no cover
+
+    async def enqueue(self, args: EnqueueArgs, *, register_queue: bool) -> EnqueueReply:
+        """Writes a job (enqueue.lua), preceded by ``SADD rrq:queues`` when asked."""
+        queue = args.queue_name
+        before: list[tuple[str, Sequence[Any]]] = []
+        if register_queue:
+            before.append(("SADD", (QUEUES_KEY, queue)))
+        reply = await self._run(
+            "enqueue",
+            [job_key(queue, args.job_id), due_key(queue)],
+            [
+                args.job_id,
+                args.function_name,
+                queue,
+                args.params_json,
+                args.max_retries,
+                args.job_timeout_ms,
+                args.result_ttl_ms,
+                args.defer_ms,
+                args.run_at_ms,
+                args.trace_parent,
+                args.trace_state,
+                args.max_params_bytes,
+                wake_channel(queue),
+            ],
+            before=before,
+        )
+        created, job_id, value = reply
+        return EnqueueReply(bool(int(created)), _text(job_id), int(value))
+
+    async def queues(self) -> list[str]:
+        """Every registered queue name, sorted."""
+        members = await self.redis.smembers(QUEUES_KEY)
+        return sorted(_text(m) for m in members)
+
+    async def find_status(self, job_id: str, queues: Sequence[str]) -> tuple[str, int] | None:
+        """(queue, status number) of the first queue holding ``job_id``, in one round trip."""
+        if not queues:
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in queues:
+            pipe.hget(job_key(queue, job_id), "status")
+        replies = await pipe.execute()
+        for queue, status in zip(queues, replies, strict=True):
+            if status is not None:
+                return queue, int(status)
+        return None
+
+    async def find_job(
+        self, job_id: str, queues: Sequence[str]
+    ) -> tuple[str, dict[bytes, bytes]] | None:
+        """(queue, job hash) of the first queue holding ``job_id``, in one round trip."""
+        if not queues:
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in queues:
+            pipe.hgetall(job_key(queue, job_id))
+        replies = await pipe.execute()
+        for queue, fields in zip(queues, replies, strict=True):
+            if fields:
+                return queue, fields
+        return None
+
+    async def get_job(self, queue: str, job_id: str) -> dict[bytes, bytes] | None:
+        """The job hash, or None when it does not exist."""
+        fields = await self.redis.hgetall(job_key(queue, job_id))
+        return cast("dict[bytes, bytes]", fields) or None
+
+    async def claim(self, queue: str, *, owner: str, lease_ms: int, max_jobs: int = 1) -> list[Any]:
+        """Runs claim.lua (used by tests that play the orchestrator)."""
+        return await self._run(
+            "claim",
+            [due_key(queue), active_key(queue), job_key_prefix(queue)],
+            [max_jobs, owner, lease_ms],
+        )
+
+    async def settle(
+        self,
+        queue: str,
+        job_id: str,
+        *,
+        attempt: int,
+        owner: str,
+        action: str,
+        payload: str = "",
+        error_type: str = "",
+        retry_delay_ms: int = 0,
+        default_result_ttl_ms: int = 86_400_000,
+        dlq_retention_ms: int = 604_800_000,
+    ) -> list[Any]:
+        """Runs settle.lua (used by tests that play the orchestrator)."""
+        return await self._run(
+            "settle",
+            [job_key(queue, job_id), due_key(queue), active_key(queue), dlq_key(queue)],
+            [
+                job_id,
+                attempt,
+                owner,
+                action,
+                payload,
+                error_type,
+                retry_delay_ms,
+                default_result_ttl_ms,
+                dlq_retention_ms,
+                wake_channel(queue),
+                done_channel(queue, job_id),
+            ],
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

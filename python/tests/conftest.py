@@ -1,0 +1,204 @@
+"""Test harness: a private redis-server and the real orchestrator binary.
+
+Nothing is mocked. The Redis fixture starts ``redis-server`` on a free TCP
+port in a temporary directory; the orchestrator fixture runs the real ``rrq``
+binary (``$RRQ_BIN``, else ``rrq`` on PATH, else ``rust/target/debug/rrq``),
+which spawns real Python runner processes serving ``fixture_handlers``.
+Processes are followed through their output, so tests wait on events
+(log lines, pub/sub, files) rather than sleeping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import AsyncIterator, Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+import rrq
+from rrq.client import RRQClient
+from rrq.testing import Orchestrator, RedisServer, free_port
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parents[1]
+SRC_DIR = Path(rrq.__file__).resolve().parents[1]
+
+# The environment must not redirect the tests to another Redis or config.
+for _name in ("RRQ_REDIS_DSN", "RRQ_CONFIG", "RRQ_ORCHESTRATOR_ADDR", "RRQ_RUNNER_TOKEN"):
+    os.environ.pop(_name, None)
+
+
+def find_orchestrator_binary() -> str:
+    """$RRQ_BIN, else `rrq` on PATH, else the workspace's debug build; fails otherwise."""
+    explicit = os.environ.get("RRQ_BIN")
+    if explicit:
+        if not Path(explicit).is_file():
+            pytest.fail(f"RRQ_BIN={explicit} does not exist")
+        return explicit
+    on_path = shutil.which("rrq")
+    if on_path:
+        return on_path
+    debug = REPO_ROOT / "rust" / "target" / "debug" / "rrq"
+    if debug.is_file():
+        return str(debug)
+    pytest.fail(
+        "the rrq orchestrator binary was not found: set RRQ_BIN, install the package "
+        "(pip install ./python) or build it (cd rust && cargo build -p rrq)"
+    )
+
+
+def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for subprocesses: this interpreter's rrq package importable."""
+    env = dict(os.environ)
+    paths = [str(SRC_DIR), str(TESTS_DIR)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"), tcp=True)
+    with server:
+        yield server
+
+
+@pytest.fixture
+def redis_dsn(redis_server: RedisServer) -> str:
+    return redis_server.dsn
+
+
+@pytest.fixture
+def queue() -> str:
+    """A queue name of this test's own."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def client(redis_dsn: str) -> AsyncIterator[RRQClient]:
+    async with RRQClient(config={"redis_dsn": redis_dsn}) as c:
+        yield c
+
+
+TIMINGS = """\
+lease_seconds = 2
+lease_renew_interval_seconds = 0.5
+recovery_interval_seconds = 0.5
+runner_heartbeat_interval_seconds = 0.5
+cancel_grace_seconds = 1
+shutdown_grace_seconds = 3
+retry_backoff_initial_seconds = 0.05
+retry_backoff_max_seconds = 0.2
+"""
+
+
+def write_config(
+    directory: Path,
+    redis_dsn: str,
+    port: int,
+    *,
+    max_in_flight: int = 4,
+    extra: str = "",
+    spawn: bool = True,
+) -> Path:
+    """An rrq.toml serving fixture_handlers with short timings.
+
+    With ``spawn`` False the runner has no ``cmd``: the orchestrator waits for
+    external runners to connect.
+    """
+    cmd = [sys.executable, "-m", "rrq.runner_cli", "--settings", "fixture_handlers:settings"]
+    cmd_line = "cmd = [" + ", ".join(f'"{part}"' for part in cmd) + "]\n" if spawn else ""
+    path = directory / "rrq.toml"
+    path.write_text(
+        f"""\
+[rrq]
+redis_dsn = "{redis_dsn}"
+default_runner_name = "python"
+{TIMINGS}{extra}
+[rrq.runners.python]
+type = "socket"
+{cmd_line}tcp_socket = "127.0.0.1:{port}"
+max_in_flight = {max_in_flight}
+cwd = "{TESTS_DIR}"
+
+[rrq.runners.python.env]
+PYTHONPATH = "{os.pathsep.join([str(SRC_DIR), str(TESTS_DIR)])}"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+class OrchestratorFactory:
+    """Starts orchestrators on one config; each is killed at the end of the test."""
+
+    def __init__(self, binary: str, config: Path, workdir: Path) -> None:
+        self.binary = binary
+        self.config = config
+        self.workdir = workdir
+        self.started: list[Orchestrator] = []
+
+    def start(self, *, wait_for_runner: bool = True) -> Orchestrator:
+        orchestrator = Orchestrator(self.binary, self.config, cwd=self.workdir, env=python_env())
+        self.started.append(orchestrator)
+        orchestrator.start()
+        if wait_for_runner:
+            orchestrator.wait_for_runners()
+        return orchestrator
+
+    def logs(self) -> str:
+        parts = []
+        for orchestrator in self.started:
+            text = orchestrator.log.text() if orchestrator.log is not None else ""
+            parts.append(f"--- {orchestrator.log_path} ---\n{text}")
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        for orchestrator in self.started:
+            orchestrator.__exit__(None, None, None)
+
+
+@pytest.fixture
+def orchestrators(
+    request: pytest.FixtureRequest, redis_dsn: str, tmp_path: Path
+) -> Iterator[OrchestratorFactory]:
+    """Factory of real orchestrators; their output is printed when the test fails."""
+    binary = find_orchestrator_binary()
+    config = write_config(tmp_path, redis_dsn, free_port())
+    factory = OrchestratorFactory(binary, config, tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.close()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(factory.logs(), file=sys.stderr)
+
+
+@pytest.fixture
+def orchestrator(orchestrators: OrchestratorFactory) -> Orchestrator:
+    """One running orchestrator with its runner connected."""
+    return orchestrators.start()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def marker_dir(tmp_path: Path) -> Path:
+    """A directory where fixture handlers leave files the test waits for."""
+    directory = tmp_path / "markers"
+    directory.mkdir()
+    return directory
