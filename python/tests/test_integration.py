@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import OrchestratorFactory
-from helpers import async_wait_for_file
+from helpers import async_wait_for_file, wait_until
 from rrq import store as keys
 from rrq.client import RRQClient
 from rrq.job import JobResult, JobStatus
@@ -170,6 +170,15 @@ async def test_runner_killed_mid_job(
     assert result.result["pid"] != pid  # a new runner process ran it
 
 
+async def _gone(pid: int) -> bool:
+    """True once `pid` has exited (a zombie waiting for its reaper counts as exited)."""
+    try:
+        status = await asyncio.to_thread(Path(f"/proc/{pid}/status").read_text, encoding="utf-8")
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
 async def test_orchestrator_killed_mid_job(
     orchestrators: OrchestratorFactory, client: RRQClient, queue: str, marker_dir: Path
 ) -> None:
@@ -177,8 +186,9 @@ async def test_orchestrator_killed_mid_job(
     job_id = await client.enqueue(
         "hang_once", {"queue_name": queue, "params": {"dir": str(marker_dir)}, "max_retries": 2}
     )
-    await async_wait_for_file(marker_dir / "first_run")
+    runner_pid = int(await async_wait_for_file(marker_dir / "first_run"))
     first.kill()  # SIGKILL: no drain, the lease stays behind
+    await wait_until(lambda: _gone(runner_pid), "the orphaned runner to exit")
     status = await client.get_job_status(job_id)
     assert status is not None
     assert status.status is JobStatus.ACTIVE
