@@ -50,11 +50,14 @@ lint: $(PY) ## Lint everything (never edits files)
 	$(RUST) $(CARGO) clippy -q --workspace --all-targets -- -D warnings
 	cd python && $(BIN)/ruff check . && $(BIN)/ruff format --check .
 	cd python && $(BIN)/mypy
+	$(BIN)/ruff check tools && $(BIN)/ruff format --check tools
+	$(BIN)/mypy --strict tools/*.py
 
 fmt: $(PY) ## Format all code
 	$(BIN)/buf format -w
 	$(RUST) $(CARGO) fmt --all
 	cd python && $(BIN)/ruff format . && $(BIN)/ruff check --fix .
+	$(BIN)/ruff format tools && $(BIN)/ruff check --fix tools
 
 build: ## Build the release orchestrator binary
 	$(RUST) $(CARGO) build -q --release -p rrq

@@ -16,10 +16,9 @@ from pathlib import Path
 
 from rrq.client import RRQClient
 from rrq.job import JobStatus
-
 from rrq.testing import Orchestrator, RedisServer, find_rrq_binary
 
-HANDLERS = '''
+HANDLERS = """
 import asyncio
 
 from rrq.exceptions import RetryJob
@@ -45,9 +44,9 @@ async def flaky_sync(request: ExecutionRequest) -> str:
 
 async def always_broken(request: ExecutionRequest) -> None:
     raise ValueError("the data is corrupt")
-'''
+"""
 
-RUNNER = '''
+RUNNER = """
 from rrq.registry import Registry
 from rrq.runner_settings import PythonRunnerSettings
 from demo_app import handlers
@@ -59,7 +58,7 @@ registry.register("flaky_sync", handlers.flaky_sync)
 registry.register("always_broken", handlers.always_broken)
 
 settings = PythonRunnerSettings(registry=registry)
-'''
+"""
 
 
 def write_app(workdir: Path, redis_dsn: str) -> Path:
@@ -106,7 +105,10 @@ async def produce(config: Path) -> None:
         started = time.monotonic()
         for label, job_id in jobs.items():
             result = await client.wait_for_result(job_id, timeout=30)
-            detail = result.result if result.status is JobStatus.COMPLETED else result.last_error
+            if result.status is JobStatus.COMPLETED:
+                detail = result.result
+            else:  # the first line; the rest is the handler's traceback
+                detail = (result.last_error or "").splitlines()[0]
             print(f"  {label:<26} {result.status.value:<10} attempts={result.attempt}  {detail}")
         print(f"all {len(jobs)} jobs settled in {time.monotonic() - started:.2f}s")
 
