@@ -68,7 +68,7 @@ def find_rrq_binary() -> str:
     """Path of the orchestrator: $RRQ_BIN, the one installed beside this Python, or PATH."""
     explicit = os.environ.get("RRQ_BIN")
     if explicit:
-        return os.path.abspath(explicit)  # callers may run it from another cwd
+        return str(Path(explicit).resolve())  # callers may run it from another cwd
     beside = Path(sysconfig.get_path("scripts")) / "rrq"
     if beside.exists():
         return str(beside)
