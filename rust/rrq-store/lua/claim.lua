@@ -3,6 +3,7 @@
 -- KEYS[1]  due zset         rrq:{<queue>}:due
 -- KEYS[2]  active zset      rrq:{<queue>}:active   (score = lease deadline, ms)
 -- KEYS[3]  job key prefix   rrq:{<queue>}:job:     (job hash = prefix .. id)
+-- KEYS[4]  debounce prefix  rrq:{<queue>}:debounce: (debounce pointer = prefix .. key)
 -- ARGV[1]  max jobs to claim (>= 1)
 -- ARGV[2]  owner: id of the claiming orchestrator instance
 -- ARGV[3]  lease_ms
@@ -15,10 +16,12 @@
 -- Guarantee: a claimed job's attempt is incremented (it is the fence token of
 -- this attempt), its status is ACTIVE and it sits in the active zset with a
 -- lease deadline in Redis time. A due entry whose record vanished or is not
--- waiting is dropped, never returned.
+-- waiting is dropped, never returned. A debounced job's window closes when it
+-- is claimed: its debounce pointer is deleted, so the next call opens a new one.
 local due_key = KEYS[1]
 local active_key = KEYS[2]
 local job_prefix = KEYS[3]
+local debounce_prefix = KEYS[4]
 
 local STATUS_PENDING = 1
 local STATUS_ACTIVE = 2
@@ -37,13 +40,20 @@ for _, id in ipairs(ids) do
   local key = job_prefix .. id
   redis.call('ZREM', due_key, id)
   local f = redis.call('HMGET', key, 'status', 'attempt', 'function_name', 'params_json',
-    'max_retries', 'job_timeout_ms', 'enqueued_at_ms', 'trace_parent', 'trace_state')
+    'max_retries', 'job_timeout_ms', 'enqueued_at_ms', 'trace_parent', 'trace_state',
+    'debounce_key')
   local status = tonumber(f[1])
   if status == STATUS_PENDING or status == STATUS_RETRYING then
     local attempt = (tonumber(f[2]) or 0) + 1
     redis.call('HSET', key, 'status', STATUS_ACTIVE, 'attempt', attempt,
       'lease_owner', owner, 'started_at_ms', now)
     redis.call('ZADD', active_key, now + lease_ms, id)
+    if f[10] then
+      local pointer = debounce_prefix .. f[10]
+      if redis.call('HGET', pointer, 'job_id') == id then
+        redis.call('DEL', pointer)
+      end
+    end
     table.insert(result, {id, attempt, f[3], f[4], f[5] or '0', f[6] or '0', f[7] or '0',
       f[8] or '', f[9] or ''})
   end

@@ -8,13 +8,15 @@
 -- ARGV[2]  dead-letter retention ms
 -- ARGV[3]  wake channel     rrq:{<queue>}:wake
 -- ARGV[4]  done channel prefix rrq:{<queue>}:done:
+-- ARGV[5]  default result TTL ms (for jobs that end CANCELLED)
 --
--- Returns {requeued, dead_lettered}.
+-- Returns {requeued, dead_lettered, cancelled}.
 --
 -- Guarantee: an expired attempt counts as a failed attempt (so a job that
--- keeps killing its owner cannot loop forever): it is retried at once while
--- retries remain and dead-lettered otherwise. Its attempt number stays, so the
--- lost owner's late settle is rejected by the fence.
+-- keeps killing its owner cannot loop forever) and is appended to errors_json:
+-- it is retried at once while retries remain and dead-lettered otherwise; a
+-- job whose cancellation was requested ends CANCELLED. Its attempt number
+-- stays, so the lost owner's late settle is rejected by the fence.
 local active_key = KEYS[1]
 local due_key = KEYS[2]
 local dlq_key = KEYS[3]
@@ -23,21 +25,39 @@ local job_prefix = KEYS[4]
 local STATUS_ACTIVE = 2
 local STATUS_RETRYING = 3
 local STATUS_FAILED = 5
+local STATUS_CANCELLED = 6
+local MAX_ERRORS = 100
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local requeued, dead = 0, 0
+local requeued, dead, cancelled = 0, 0, 0
 local ids = redis.call('ZRANGEBYSCORE', active_key, '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, id in ipairs(ids) do
   local key = job_prefix .. id
   redis.call('ZREM', active_key, id)
-  local f = redis.call('HMGET', key, 'status', 'attempt', 'max_retries', 'lease_owner')
+  local f = redis.call('HMGET', key, 'status', 'attempt', 'max_retries', 'lease_owner',
+    'cancel_requested', 'errors_json', 'result_ttl_ms')
   if tonumber(f[1]) == STATUS_ACTIVE then
-    local message = 'lease expired: owner ' .. (f[4] or '?') .. ' was lost during attempt ' .. tostring(f[2])
-    redis.call('HSET', key, 'last_error', message, 'last_error_type', 'LeaseExpired')
+    local attempt = tonumber(f[2]) or 0
+    local message = 'lease expired: owner ' .. (f[4] or '?') .. ' was lost during attempt ' .. attempt
+    local history = {}
+    if f[6] then
+      local ok, decoded = pcall(cjson.decode, f[6])
+      if ok and type(decoded) == 'table' then history = decoded end
+    end
+    table.insert(history, {attempt = attempt, error_type = 'LeaseExpired', message = message,
+      traceback = '', at_ms = now})
+    while #history > MAX_ERRORS do table.remove(history, 1) end
+    redis.call('HSET', key, 'errors_json', cjson.encode(history), 'last_error', message,
+      'last_error_type', 'LeaseExpired')
     redis.call('HDEL', key, 'lease_owner')
-    if (tonumber(f[2]) or 0) > (tonumber(f[3]) or 0) then
+    if f[5] == '1' then
+      redis.call('HSET', key, 'status', STATUS_CANCELLED, 'finished_at_ms', now)
+      redis.call('PEXPIRE', key, tonumber(f[7]) or tonumber(ARGV[5]))
+      redis.call('PUBLISH', ARGV[4] .. id, STATUS_CANCELLED)
+      cancelled = cancelled + 1
+    elseif attempt > (tonumber(f[3]) or 0) then
       redis.call('HSET', key, 'status', STATUS_FAILED, 'finished_at_ms', now)
       redis.call('ZADD', dlq_key, now, id)
       redis.call('PEXPIRE', key, tonumber(ARGV[2]))
@@ -53,4 +73,4 @@ end
 if requeued > 0 then
   redis.call('PUBLISH', ARGV[3], now)
 end
-return {requeued, dead}
+return {requeued, dead, cancelled}

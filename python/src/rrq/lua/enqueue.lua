@@ -1,7 +1,13 @@
--- enqueue: write a new job record and schedule it in its queue, atomically.
+-- enqueue: write a new job record and schedule it in its queue, atomically,
+-- applying at most one of the unique / rate-limit / debounce rules.
 --
 -- KEYS[1]  job hash        rrq:{<queue>}:job:<id>
 -- KEYS[2]  due zset        rrq:{<queue>}:due
+-- KEYS[3]  rule key        (only with a rule; see ARGV[14])
+--                          unique:     rrq:{<queue>}:unique:<key>     string: job id
+--                          rate_limit: rrq:{<queue>}:rate_limit:<key> string: job id
+--                          debounce:   rrq:{<queue>}:debounce:<key>   hash: job_id, first_at_ms
+-- KEYS[4]  job key prefix  rrq:{<queue>}:job:   (only with unique and debounce)
 -- ARGV[1]  job id
 -- ARGV[2]  function_name
 -- ARGV[3]  queue_name
@@ -15,21 +21,31 @@
 -- ARGV[11] trace_state
 -- ARGV[12] max_params_bytes
 -- ARGV[13] wake channel           rrq:{<queue>}:wake
+-- ARGV[14] rule: '' (none), 'unique', 'rate_limit' or 'debounce'
+-- ARGV[15] rule key as the user gave it (stored in the record)
+-- ARGV[16] rule window ms: unique TTL, rate-limit window, or debounce delay (integer > 0)
+-- ARGV[17] debounce max wait ms (integer >= 0; 0 = no cap)
 --
--- Returns {1, job_id, run_at_ms} when the job was written, or
---         {0, job_id, status} when a job with this id already exists (nothing written).
+-- Returns {1, job_id, run_at_ms}   the job was written;
+--         {0, job_id, status}      a job with this id already exists (nothing written);
+--         {2, existing_id, status} unique: the key is held by that job (nothing written);
+--         {3, '', 0}               rate_limit: the window is still closed (nothing written);
+--         {4, existing_id, run_at} debounce: the waiting job got these params and run time.
 -- Errors (nothing written): RRQ_PAYLOAD_TOO_LARGE, RRQ_INVALID_PARAMS, RRQ_INVALID_ARGUMENT.
 --
--- Guarantee: either the whole record and its due entry are written, or nothing is.
+-- Guarantee: every input is validated before the first write; then either the
+-- whole record, its due entry and its rule key are written, or nothing is.
 -- The clock is Redis TIME, so a producer's clock never decides when a job runs.
 local job_key = KEYS[1]
 local due_key = KEYS[2]
+local rule_key = KEYS[3]
+local job_prefix = KEYS[4]
 
 local STATUS_PENDING = 1
 
 local function nonneg_int(name, value)
   local n = tonumber(value)
-  if n == nil or n < 0 or n ~= math.floor(n) then
+  if n == nil or n < 0 or n ~= math.floor(n) or n ~= n or n == math.huge then
     return redis.error_reply('RRQ_INVALID_ARGUMENT ' .. name .. ' must be a non-negative integer, got ' .. tostring(value))
   end
   return n
@@ -48,6 +64,9 @@ local ok = pcall(cjson.decode, params)
 if not ok then
   return redis.error_reply('RRQ_INVALID_PARAMS params are not valid JSON')
 end
+if ARGV[1] == '' then
+  return redis.error_reply('RRQ_INVALID_ARGUMENT job id must not be empty')
+end
 if ARGV[2] == '' then
   return redis.error_reply('RRQ_INVALID_ARGUMENT function_name must not be empty')
 end
@@ -59,6 +78,27 @@ for i, name in ipairs({'max_retries', 'job_timeout_ms', 'result_ttl_ms', 'defer_
   numbers[name] = n
 end
 
+local rule = ARGV[14] or ''
+local window, max_wait = 0, 0
+if rule ~= '' then
+  if rule ~= 'unique' and rule ~= 'rate_limit' and rule ~= 'debounce' then
+    return redis.error_reply('RRQ_INVALID_ARGUMENT unknown rule ' .. rule)
+  end
+  if rule_key == nil or (ARGV[15] or '') == '' then
+    return redis.error_reply('RRQ_INVALID_ARGUMENT the ' .. rule .. ' key must not be empty')
+  end
+  if rule ~= 'rate_limit' and job_prefix == nil then
+    return redis.error_reply('RRQ_INVALID_ARGUMENT ' .. rule .. ' needs the job key prefix as KEYS[4]')
+  end
+  window = nonneg_int(rule .. ' window ms', ARGV[16])
+  if type(window) == 'table' then return window end
+  if window == 0 then
+    return redis.error_reply('RRQ_INVALID_ARGUMENT the ' .. rule .. ' window must be positive')
+  end
+  max_wait = nonneg_int('debounce max wait ms', ARGV[17] or '0')
+  if type(max_wait) == 'table' then return max_wait end
+end
+
 local existing = redis.call('HGET', job_key, 'status')
 if existing then
   return {0, ARGV[1], tonumber(existing)}
@@ -67,6 +107,39 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local run_at = math.max(now + numbers['defer_ms'], numbers['run_at_ms'])
+
+if rule == 'unique' then
+  local holder = redis.call('GET', rule_key)
+  if holder then
+    -- The holder's record may already have expired (status 0): the key still holds.
+    local status = redis.call('HGET', job_prefix .. holder, 'status')
+    return {2, holder, tonumber(status) or 0}
+  end
+elseif rule == 'rate_limit' then
+  if redis.call('EXISTS', rule_key) == 1 then
+    return {3, '', 0}
+  end
+elseif rule == 'debounce' then
+  local d = redis.call('HMGET', rule_key, 'job_id', 'first_at_ms')
+  if d[1] then
+    local waiting_key = job_prefix .. d[1]
+    local w = redis.call('HMGET', waiting_key, 'status', 'attempt')
+    if tonumber(w[1]) == STATUS_PENDING and tonumber(w[2]) == 0 then
+      -- The window is open: the waiting job takes the newest params and waits again.
+      local when = now + window
+      if max_wait > 0 then
+        when = math.min(when, tonumber(d[2]) + max_wait)
+      end
+      when = math.max(when, run_at)
+      redis.call('HSET', waiting_key, 'params_json', params, 'run_at_ms', when)
+      redis.call('ZADD', due_key, when, d[1])
+      redis.call('PUBLISH', ARGV[13], when)
+      return {4, d[1], when}
+    end
+  end
+  -- No open window (none yet, or its job already started): this call opens one.
+  run_at = math.max(now + window, run_at)
+end
 
 local fields = {
   'id', ARGV[1],
@@ -79,19 +152,24 @@ local fields = {
   'enqueued_at_ms', now,
   'run_at_ms', run_at,
 }
-if numbers['job_timeout_ms'] > 0 then
-  table.insert(fields, 'job_timeout_ms'); table.insert(fields, numbers['job_timeout_ms'])
+local function add(name, value)
+  table.insert(fields, name); table.insert(fields, value)
 end
-if numbers['result_ttl_ms'] > 0 then
-  table.insert(fields, 'result_ttl_ms'); table.insert(fields, numbers['result_ttl_ms'])
-end
-if ARGV[10] ~= '' then
-  table.insert(fields, 'trace_parent'); table.insert(fields, ARGV[10])
-end
-if ARGV[11] ~= '' then
-  table.insert(fields, 'trace_state'); table.insert(fields, ARGV[11])
-end
+if numbers['job_timeout_ms'] > 0 then add('job_timeout_ms', numbers['job_timeout_ms']) end
+if numbers['result_ttl_ms'] > 0 then add('result_ttl_ms', numbers['result_ttl_ms']) end
+if ARGV[10] ~= '' then add('trace_parent', ARGV[10]) end
+if ARGV[11] ~= '' then add('trace_state', ARGV[11]) end
+if rule ~= '' then add(rule .. '_key', ARGV[15]) end
 redis.call('HSET', job_key, unpack(fields))
 redis.call('ZADD', due_key, run_at, ARGV[1])
 redis.call('PUBLISH', ARGV[13], run_at)
+
+if rule == 'unique' or rule == 'rate_limit' then
+  redis.call('SET', rule_key, ARGV[1], 'PX', window)
+elseif rule == 'debounce' then
+  redis.call('HSET', rule_key, 'job_id', ARGV[1], 'first_at_ms', now)
+  -- The pointer only has to outlive the window; a stale one points at a job
+  -- that already started, which opens a new window anyway.
+  redis.call('PEXPIRE', rule_key, (run_at - now) + max_wait + 3600000)
+end
 return {1, ARGV[1], run_at}

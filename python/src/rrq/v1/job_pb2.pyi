@@ -96,6 +96,11 @@ class Job(_message.Message):
     LAST_ERROR_TYPE_FIELD_NUMBER: _builtins.int
     TRACE_PARENT_FIELD_NUMBER: _builtins.int
     TRACE_STATE_FIELD_NUMBER: _builtins.int
+    ERRORS_JSON_FIELD_NUMBER: _builtins.int
+    UNIQUE_KEY_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_KEY_FIELD_NUMBER: _builtins.int
+    DEBOUNCE_KEY_FIELD_NUMBER: _builtins.int
+    CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique id of the job. Producers may choose it; otherwise a UUIDv7 is used."""
     function_name: _builtins.str
@@ -136,6 +141,21 @@ class Job(_message.Message):
     """W3C `traceparent` of the producer's span, empty when tracing is off."""
     trace_state: _builtins.str
     """W3C `tracestate` that goes with trace_parent."""
+    errors_json: _builtins.str
+    """JSON array with one object per failed attempt, oldest first:
+    {"attempt", "error_type", "message", "traceback", "at_ms"}. Capped at the
+    100 most recent entries.
+    """
+    unique_key: _builtins.str
+    """Unique key the job was enqueued with (enqueue_with_unique_key), else empty."""
+    rate_limit_key: _builtins.str
+    """Rate-limit key the job was enqueued with, else empty."""
+    debounce_key: _builtins.str
+    """Debounce key the job was enqueued with, else empty."""
+    cancel_requested: _builtins.bool
+    """Set when a user asked to cancel the job while an attempt ran; the attempt's
+    outcome then ends the job CANCELLED unless the handler completed.
+    """
     def __init__(
         self,
         *,
@@ -158,10 +178,15 @@ class Job(_message.Message):
         last_error_type: _builtins.str = ...,
         trace_parent: _builtins.str = ...,
         trace_state: _builtins.str = ...,
+        errors_json: _builtins.str = ...,
+        unique_key: _builtins.str = ...,
+        rate_limit_key: _builtins.str = ...,
+        debounce_key: _builtins.str = ...,
+        cancel_requested: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "enqueued_at_ms", b"enqueued_at_ms", "finished_at_ms", b"finished_at_ms", "function_name", b"function_name", "id", b"id", "job_timeout_ms", b"job_timeout_ms", "last_error", b"last_error", "last_error_type", b"last_error_type", "lease_owner", b"lease_owner", "max_retries", b"max_retries", "params_json", b"params_json", "queue_name", b"queue_name", "result_json", b"result_json", "result_ttl_ms", b"result_ttl_ms", "run_at_ms", b"run_at_ms", "started_at_ms", b"started_at_ms", "status", b"status", "trace_parent", b"trace_parent", "trace_state", b"trace_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancel_requested", b"cancel_requested", "debounce_key", b"debounce_key", "enqueued_at_ms", b"enqueued_at_ms", "errors_json", b"errors_json", "finished_at_ms", b"finished_at_ms", "function_name", b"function_name", "id", b"id", "job_timeout_ms", b"job_timeout_ms", "last_error", b"last_error", "last_error_type", b"last_error_type", "lease_owner", b"lease_owner", "max_retries", b"max_retries", "params_json", b"params_json", "queue_name", b"queue_name", "rate_limit_key", b"rate_limit_key", "result_json", b"result_json", "result_ttl_ms", b"result_ttl_ms", "run_at_ms", b"run_at_ms", "started_at_ms", b"started_at_ms", "status", b"status", "trace_parent", b"trace_parent", "trace_state", b"trace_state", "unique_key", b"unique_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -66,6 +66,24 @@ pub struct Job {
     /// W3C `tracestate` that goes with trace_parent.
     #[prost(string, tag = "19")]
     pub trace_state: ::prost::alloc::string::String,
+    /// JSON array with one object per failed attempt, oldest first:
+    /// {"attempt", "error_type", "message", "traceback", "at_ms"}. Capped at the
+    /// 100 most recent entries.
+    #[prost(string, tag = "20")]
+    pub errors_json: ::prost::alloc::string::String,
+    /// Unique key the job was enqueued with (enqueue_with_unique_key), else empty.
+    #[prost(string, tag = "21")]
+    pub unique_key: ::prost::alloc::string::String,
+    /// Rate-limit key the job was enqueued with, else empty.
+    #[prost(string, tag = "22")]
+    pub rate_limit_key: ::prost::alloc::string::String,
+    /// Debounce key the job was enqueued with, else empty.
+    #[prost(string, tag = "23")]
+    pub debounce_key: ::prost::alloc::string::String,
+    /// Set when a user asked to cancel the job while an attempt ran; the attempt's
+    /// outcome then ends the job CANCELLED unless the handler completed.
+    #[prost(bool, tag = "24")]
+    pub cancel_requested: bool,
 }
 /// Lifecycle of a job. PENDING, ACTIVE and RETRYING are live; COMPLETED,
 /// FAILED and CANCELLED are terminal and absorb: no script moves a job out of
