@@ -14,8 +14,9 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,6 +107,7 @@ def write_config(
     max_in_flight: int = 4,
     extra: str = "",
     spawn: bool = True,
+    tail: str = "",
 ) -> Path:
     """An rrq.toml serving fixture_handlers with short timings.
 
@@ -129,10 +131,26 @@ cwd = "{TESTS_DIR}"
 
 [rrq.runners.python.env]
 PYTHONPATH = "{os.pathsep.join([str(SRC_DIR), str(TESTS_DIR)])}"
-""",
+{tail}""",
         encoding="utf-8",
     )
     return path
+
+
+def runner_table(name: str, settings: str, *, max_in_flight: int = 4) -> str:
+    """A ``[rrq.runners.<name>]`` table spawning a Python runner on ``settings``."""
+    cmd = [sys.executable, "-m", "rrq.runner_cli", "--settings", settings]
+    return f"""
+[rrq.runners.{name}]
+type = "socket"
+cmd = [{", ".join(f'"{part}"' for part in cmd)}]
+tcp_socket = "127.0.0.1:{free_port()}"
+max_in_flight = {max_in_flight}
+cwd = "{TESTS_DIR}"
+
+[rrq.runners.{name}.env]
+PYTHONPATH = "{os.pathsep.join([str(SRC_DIR), str(TESTS_DIR)])}"
+"""
 
 
 class OrchestratorFactory:
@@ -144,12 +162,25 @@ class OrchestratorFactory:
         self.workdir = workdir
         self.started: list[Orchestrator] = []
 
-    def start(self, *, wait_for_runner: bool = True) -> Orchestrator:
-        orchestrator = Orchestrator(self.binary, self.config, cwd=self.workdir, env=python_env())
+    def start(
+        self,
+        *,
+        wait_for_runner: bool = True,
+        runners: int = 1,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> Orchestrator:
+        orchestrator = Orchestrator(
+            self.binary,
+            self.config,
+            cwd=self.workdir,
+            env=python_env(env),
+            extra_args=extra_args,
+        )
         self.started.append(orchestrator)
         orchestrator.start()
         if wait_for_runner:
-            orchestrator.wait_for_runners()
+            orchestrator.wait_for_runners(runners)
         return orchestrator
 
     def logs(self) -> str:
@@ -179,6 +210,36 @@ def orchestrators(
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
             print(factory.logs(), file=sys.stderr)
+
+
+ConfigureOrchestrators = Callable[..., OrchestratorFactory]
+
+
+@pytest.fixture
+def configure_orchestrators(
+    request: pytest.FixtureRequest, redis_dsn: str, tmp_path: Path
+) -> Iterator[ConfigureOrchestrators]:
+    """Like ``orchestrators``, on a config with ``write_config`` keyword arguments."""
+    binary = find_orchestrator_binary()
+    factories: list[OrchestratorFactory] = []
+
+    def configure(**kwargs: Any) -> OrchestratorFactory:
+        directory = tmp_path / f"config-{len(factories)}"
+        directory.mkdir()
+        config = write_config(directory, redis_dsn, free_port(), **kwargs)
+        factory = OrchestratorFactory(binary, config, directory)
+        factories.append(factory)
+        return factory
+
+    try:
+        yield configure
+    finally:
+        for factory in factories:
+            factory.close()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            for factory in factories:
+                print(factory.logs(), file=sys.stderr)
 
 
 @pytest.fixture

@@ -96,6 +96,48 @@ async def trace_context(request: ExecutionRequest) -> dict[str, str]:
     return dict(request.context.trace_context)
 
 
+async def hang_until_cancelled(request: ExecutionRequest) -> None:
+    """Writes ``started-<attempt>``, waits forever, and writes ``cancelled-<attempt>``
+    when its task is cancelled (then lets the cancellation through)."""
+    _write(request, f"started-{request.attempt}", str(os.getpid()))
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        _write(request, f"cancelled-{request.attempt}", "1")
+        raise
+
+
+async def current_span(request: ExecutionRequest) -> dict[str, Any]:
+    """The OpenTelemetry span the handler runs in (the runner did not call enable())."""
+    from opentelemetry import trace  # noqa: PLC0415 - only this handler needs it
+
+    context = trace.get_current_span().get_span_context()
+    return {
+        "trace_id": f"{context.trace_id:032x}",
+        "span_id": f"{context.span_id:016x}",
+        "valid": context.is_valid,
+        "trace_context": dict(request.context.trace_context),
+    }
+
+
+async def whoami(request: ExecutionRequest) -> dict[str, Any]:
+    return {"module": "a", "runner": os.environ.get("RRQ_RUNNER_NAME", ""), "pid": os.getpid()}
+
+
+async def fail_unless_allowed(request: ExecutionRequest) -> dict[str, Any]:
+    """Fails until the test creates ``<dir>/allow``."""
+    if not (_dir(request) / "allow").exists():
+        raise RuntimeError(f"not allowed on attempt {request.attempt}")
+    return {"attempt": request.attempt}
+
+
+async def log_run(request: ExecutionRequest) -> dict[str, Any]:
+    """Appends ``<job id> <attempt>`` to ``<dir>/runs.log`` (one short append: atomic)."""
+    with (_dir(request) / "runs.log").open("a", encoding="utf-8") as out:
+        out.write(f"{request.job_id} {request.attempt}\n")
+    return {"job_id": request.job_id}
+
+
 async def not_serializable(request: ExecutionRequest) -> object:
     return {"value": {1, 2, 3}}
 
@@ -114,6 +156,11 @@ for _handler in (
     short_job,
     not_serializable,
     trace_context,
+    hang_until_cancelled,
+    current_span,
+    whoami,
+    fail_unless_allowed,
+    log_run,
 ):
     registry.register(_handler.__name__, _handler)
 

@@ -20,7 +20,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from rrq.exceptions import InvalidParamsError
 from rrq.execution import ExecutionContext, ExecutionRequest
-from rrq.job import JobResult, JobStatus
+from rrq.job import AttemptError, JobResult, JobStatus
 from rrq.v1 import job_pb2, runner_pb2, runner_pb2_grpc
 
 __all__ = [
@@ -71,6 +71,8 @@ def _job_from_hash(fields: Mapping[bytes, bytes]) -> job_pb2.Job:
         text = raw_value.decode()
         if descriptor.type == FieldDescriptor.TYPE_STRING:
             setattr(job, name, text)
+        elif descriptor.type == FieldDescriptor.TYPE_BOOL:  # stored as 1 / 0
+            setattr(job, name, text not in ("", "0", "false"))
         else:  # int64 and enum fields are stored as decimal integers
             setattr(job, name, int(text))
     return job
@@ -78,6 +80,35 @@ def _job_from_hash(fields: Mapping[bytes, bytes]) -> job_pb2.Job:
 
 def _datetime_from_ms(ms: int) -> datetime | None:
     return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms > 0 else None
+
+
+def _errors_from_json(errors_json: str) -> list[AttemptError]:
+    """Parses ``errors_json``; entries that are not objects are skipped."""
+    if not errors_json:
+        return []
+    try:
+        entries = json.loads(errors_json)
+    except ValueError:
+        return []
+    if not isinstance(entries, list):  # cjson encodes an empty table as {}
+        return []
+    errors = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        at_ms = entry.get("at_ms", 0)
+        errors.append(
+            AttemptError(
+                attempt=int(entry.get("attempt", 0)),
+                error_type=str(entry.get("error_type", "")),
+                message=str(entry.get("message", "")),
+                traceback=str(entry.get("traceback", "")),
+                at=datetime.fromtimestamp(
+                    (at_ms if isinstance(at_ms, int | float) else 0) / 1000, tz=UTC
+                ),
+            )
+        )
+    return errors
 
 
 def job_result_from_hash(fields: Mapping[bytes, bytes]) -> JobResult:
@@ -101,6 +132,13 @@ def job_result_from_hash(fields: Mapping[bytes, bytes]) -> JobResult:
         last_error_type=job.last_error_type,
         enqueued_at=_datetime_from_ms(job.enqueued_at_ms),
         finished_at=_datetime_from_ms(job.finished_at_ms),
+        errors=_errors_from_json(job.errors_json),
+        unique_key=job.unique_key,
+        rate_limit_key=job.rate_limit_key,
+        debounce_key=job.debounce_key,
+        cancel_requested=job.cancel_requested,
+        run_at=_datetime_from_ms(job.run_at_ms),
+        started_at=_datetime_from_ms(job.started_at_ms),
     )
 
 
@@ -131,13 +169,30 @@ class Execute:
     params_error: str
 
 
+CancelReason = Literal["unspecified", "timeout", "requested", "shutdown", "lease_lost"]
+
+_CANCEL_REASON: dict[int, CancelReason] = {
+    runner_pb2.CANCEL_REASON_UNSPECIFIED: "unspecified",
+    runner_pb2.CANCEL_REASON_TIMEOUT: "timeout",
+    runner_pb2.CANCEL_REASON_REQUESTED: "requested",
+    runner_pb2.CANCEL_REASON_SHUTDOWN: "shutdown",
+    runner_pb2.CANCEL_REASON_LEASE_LOST: "lease_lost",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Cancel:
-    """A cancel request; ``timeout`` is True when the reason is the deadline."""
+    """A cancel request; ``timeout`` is True when the reason is the deadline.
+
+    Every reason cancels the handler; only a timeout answers ``timed_out``,
+    every other reason (requested by a user, shutdown, lease lost, unknown)
+    answers ``cancelled``.
+    """
 
     job_id: str
     attempt: int
     timeout: bool
+    reason: CancelReason = "unspecified"
 
 
 class StreamEnded(Exception):  # noqa: N818 - a signal, not an error condition
@@ -215,9 +270,8 @@ def decode_orchestrator_message(
         return [_execute_from_wire(req) for req in message.execute.requests]
     if kind == "cancel":
         cancel = message.cancel
-        return Cancel(
-            cancel.job_id, cancel.attempt, cancel.reason == runner_pb2.CANCEL_REASON_TIMEOUT
-        )
+        reason = _CANCEL_REASON.get(cancel.reason, "unspecified")
+        return Cancel(cancel.job_id, cancel.attempt, reason == "timeout", reason)
     raise StreamEnded(f"unexpected orchestrator message kind {kind!r}")
 
 

@@ -10,7 +10,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
@@ -27,9 +27,23 @@ from rrq.exceptions import (
     PayloadTooLargeError,
 )
 from rrq.job import JobResult
-from rrq.store import EnqueueArgs, Store, done_channel
+from rrq.store import (
+    ENQUEUE_EXISTS,
+    ENQUEUE_RATE_LIMITED,
+    EnqueueArgs,
+    EnqueueReply,
+    Store,
+    done_channel,
+)
 
-__all__ = ["ENQUEUE_OPTIONS", "RRQClient", "uuid7"]
+__all__ = [
+    "DEBOUNCE_OPTIONS",
+    "ENQUEUE_OPTIONS",
+    "RATE_LIMIT_OPTIONS",
+    "UNIQUE_OPTIONS",
+    "RRQClient",
+    "uuid7",
+]
 
 ENQUEUE_OPTIONS: Final = frozenset(
     {
@@ -43,6 +57,35 @@ ENQUEUE_OPTIONS: Final = frozenset(
         "defer_until",
     }
 )
+
+# The options of each enqueue rule, and the method that takes them.
+UNIQUE_OPTIONS: Final = frozenset({"unique_ttl_seconds"})
+RATE_LIMIT_OPTIONS: Final = frozenset({"rate_limit_key", "rate_limit_seconds"})
+DEBOUNCE_OPTIONS: Final = frozenset(
+    {"debounce_key", "debounce_seconds", "debounce_max_wait_seconds"}
+)
+_RULE_OF_OPTION: Final[Mapping[str, str]] = {
+    **dict.fromkeys(UNIQUE_OPTIONS, "unique"),
+    **dict.fromkeys(RATE_LIMIT_OPTIONS, "rate_limit"),
+    **dict.fromkeys(DEBOUNCE_OPTIONS, "debounce"),
+}
+_METHOD_OF_RULE: Final[Mapping[str, str]] = {
+    "": "enqueue",
+    "unique": "enqueue_with_unique_key",
+    "rate_limit": "enqueue_with_rate_limit",
+    "debounce": "enqueue_with_debounce",
+}
+_OPTIONS_OF_RULE: Final[Mapping[str, frozenset[str]]] = {
+    "": ENQUEUE_OPTIONS,
+    "unique": ENQUEUE_OPTIONS | UNIQUE_OPTIONS,
+    "rate_limit": ENQUEUE_OPTIONS | RATE_LIMIT_OPTIONS,
+    "debounce": (ENQUEUE_OPTIONS - {"job_id"}) | DEBOUNCE_OPTIONS,
+}
+
+# dlq_requeue / dlq_purge work in batches of this many entries per script call.
+DLQ_BATCH: Final = 100
+
+_CANCEL_REASON: Final = "cancelled on request"
 
 # How many job id -> queue entries the client remembers for its own jobs.
 _QUEUE_CACHE_SIZE: Final = 10_000
@@ -67,28 +110,73 @@ def _redis_from_dsn(dsn: str) -> aioredis.Redis:
 
 def _seconds_to_ms(name: str, value: object, *, positive: bool) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidOptionError(f"{name} must be a number of seconds, got {value!r}")
+        raise InvalidOptionError(f"{name} must be a number of seconds, got {value!r}", option=name)
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         bound = "positive" if positive else "non-negative"
-        raise InvalidOptionError(f"{name} must be a finite {bound} number, got {value!r}")
-    return round(value * 1000)
+        raise InvalidOptionError(
+            f"{name} must be a finite {bound} number, got {value!r}", option=name
+        )
+    ms = round(value * 1000)
+    if positive and ms == 0:
+        raise InvalidOptionError(f"{name} must be at least 0.001, got {value!r}", option=name)
+    return ms
 
 
 def _datetime_to_ms(value: object) -> int:
     if not isinstance(value, datetime):
-        raise InvalidOptionError(f"defer_until must be a datetime, got {value!r}")
+        raise InvalidOptionError(
+            f"defer_until must be a datetime, got {value!r}", option="defer_until"
+        )
     if value.tzinfo is None or value.utcoffset() is None:
         value = value.replace(tzinfo=UTC)  # naive means UTC
     ms = math.floor(value.timestamp() * 1000)
     if ms < 0:
-        raise InvalidOptionError(f"defer_until must not be before 1970, got {value!r}")
+        raise InvalidOptionError(
+            f"defer_until must not be before 1970, got {value!r}", option="defer_until"
+        )
     return ms
 
 
 def _nonempty_str(name: str, value: object) -> str:
     if not isinstance(value, str) or not value:
-        raise InvalidOptionError(f"{name} must be a non-empty string, got {value!r}")
+        raise InvalidOptionError(f"{name} must be a non-empty string, got {value!r}", option=name)
     return value
+
+
+def _check_option_names(rule: str, options: Mapping[str, Any]) -> None:
+    """Rejects unknown options, and rule options given to the wrong method."""
+    method = _METHOD_OF_RULE[rule]
+    if not isinstance(options, Mapping):
+        raise InvalidOptionError(
+            f"options must be a mapping, got {type(options).__name__}", option="options"
+        )
+    allowed = _OPTIONS_OF_RULE[rule]
+    foreign = sorted(str(k) for k in options if k in _RULE_OF_OPTION and k not in allowed)
+    if foreign:
+        key = foreign[0]
+        owner = _METHOD_OF_RULE[_RULE_OF_OPTION[key]]
+        combined = " (one call applies at most one of the unique, rate-limit and debounce rules)"
+        raise InvalidOptionError(
+            f"{key} is an option of {owner}(), not of {method}()" + (combined if rule else ""),
+            option=key,
+        )
+    if rule == "debounce" and "job_id" in options:
+        raise InvalidOptionError(
+            "job_id cannot be combined with enqueue_with_debounce(): the debounce "
+            "window decides the job id",
+            option="job_id",
+        )
+    unknown = sorted(str(key) for key in options if key not in allowed)
+    if unknown:
+        raise InvalidOptionError(
+            f"unknown {method}() option(s): {', '.join(unknown)}; "
+            f"known options are {', '.join(sorted(allowed))}",
+            option=unknown[0],
+        )
+
+
+def _has_job_id(options: Mapping[str, Any]) -> bool:
+    return options.get("job_id") is not None
 
 
 class RRQClient:
@@ -137,16 +225,15 @@ class RRQClient:
 
     # --- enqueue ------------------------------------------------------------
 
-    def _build_args(self, function_name: object, options: Mapping[str, Any]) -> EnqueueArgs:
-        """Validates everything before anything is written."""
-        if not isinstance(options, Mapping):
-            raise InvalidOptionError(f"options must be a mapping, got {type(options).__name__}")
-        unknown = sorted(str(key) for key in options if key not in ENQUEUE_OPTIONS)
-        if unknown:
-            raise InvalidOptionError(
-                f"unknown enqueue option(s): {', '.join(unknown)}; "
-                f"known options are {', '.join(sorted(ENQUEUE_OPTIONS))}"
-            )
+    def _build_args(
+        self, rule: str, function_name: object, options: Mapping[str, Any]
+    ) -> EnqueueArgs:
+        """Validates everything before anything is written.
+
+        ``rule`` is '' (plain enqueue), 'unique', 'rate_limit' or 'debounce';
+        the rule's key and window are filled in by the caller.
+        """
+        _check_option_names(rule, options)
         function = _nonempty_str("function_name", function_name)
 
         params = options.get("params", {})
@@ -178,7 +265,9 @@ class RRQClient:
             "queue_name", self.config.default_queue_name if queue is None else queue
         )
         if "{" in queue or "}" in queue:
-            raise InvalidOptionError(f"queue_name must not contain braces, got {queue!r}")
+            raise InvalidOptionError(
+                f"queue_name must not contain braces, got {queue!r}", option="queue_name"
+            )
         job_id = options.get("job_id")
         job_id = uuid7() if job_id is None else _nonempty_str("job_id", job_id)
 
@@ -187,7 +276,8 @@ class RRQClient:
             max_retries = self.config.default_max_retries
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise InvalidOptionError(
-                f"max_retries must be a non-negative integer, got {max_retries!r}"
+                f"max_retries must be a non-negative integer, got {max_retries!r}",
+                option="max_retries",
             )
 
         def ms(name: str, *, positive: bool) -> int:
@@ -199,7 +289,9 @@ class RRQClient:
         defer_ms = ms("defer_by_seconds", positive=False)
         defer_until = options.get("defer_until")
         if defer_until is not None and options.get("defer_by_seconds") is not None:
-            raise InvalidOptionError("pass either defer_by_seconds or defer_until, not both")
+            raise InvalidOptionError(
+                "pass either defer_by_seconds or defer_until, not both", option="defer_until"
+            )
         run_at_ms = 0 if defer_until is None else _datetime_to_ms(defer_until)
 
         return EnqueueArgs(
@@ -215,19 +307,10 @@ class RRQClient:
             max_params_bytes=limit,
         )
 
-    async def enqueue(self, function_name: str, options: Mapping[str, Any] | None = None) -> str:
-        """Enqueues a job and returns its id.
-
-        ``options``: ``params`` (dict, default ``{}``), ``queue_name``, ``job_id``,
-        ``max_retries``, ``job_timeout_seconds``, ``result_ttl_seconds``,
-        ``defer_by_seconds``, ``defer_until`` (aware datetime; naive is UTC).
-        Raises InvalidOptionError, InvalidParamsError, PayloadTooLargeError
-        (nothing written), or DuplicateJobError when an explicit ``job_id``
-        already exists in any queue.
-        """
-        args = self._build_args(function_name, options if options is not None else {})
+    async def _submit(self, args: EnqueueArgs, *, explicit_id: bool) -> EnqueueReply:
+        """Runs enqueue.lua for validated args (inside a PRODUCER span when tracing)."""
         store = self.store
-        if (options or {}).get("job_id") is not None:
+        if explicit_id:
             others = [q for q in await store.queues() if q != args.queue_name]
             found = await store.find_status(args.job_id, others)
             if found is not None:
@@ -238,19 +321,127 @@ class RRQClient:
         if tracer is None:
             reply = await store.enqueue(args, register_queue=register)
         else:
-            with tracer.enqueue_span(args.function_name, args.queue_name) as carrier:
+            with tracer.enqueue_span(args.function_name, args.queue_name, args.job_id) as span:
+                carrier = span.carrier
                 args = dataclasses.replace(
                     args,
                     trace_parent=carrier.get("traceparent", ""),
                     trace_state=carrier.get("tracestate", ""),
                 )
                 reply = await store.enqueue(args, register_queue=register)
+                if reply.job_id and reply.job_id != args.job_id:
+                    span.set_job_id(reply.job_id)  # the unique holder or the debounced job
         self._registered_queues.add(args.queue_name)
-        if not reply.created:
+        if reply.code == ENQUEUE_EXISTS:
             status = _wire.job_status_from_number(reply.value)
             raise DuplicateJobError(args.job_id, status, args.queue_name)
-        self._remember(args.job_id, args.queue_name)
-        return args.job_id
+        if reply.job_id:
+            self._remember(reply.job_id, args.queue_name)
+        return reply
+
+    async def enqueue(self, function_name: str, options: Mapping[str, Any] | None = None) -> str:
+        """Enqueues a job and returns its id.
+
+        ``options``: ``params`` (dict, default ``{}``), ``queue_name``, ``job_id``,
+        ``max_retries``, ``job_timeout_seconds``, ``result_ttl_seconds``,
+        ``defer_by_seconds``, ``defer_until`` (aware datetime; naive is UTC).
+        Raises InvalidOptionError, InvalidParamsError, PayloadTooLargeError
+        (nothing written), or DuplicateJobError when an explicit ``job_id``
+        already exists in any queue.
+        """
+        opts = options if options is not None else {}
+        args = self._build_args("", function_name, opts)
+        reply = await self._submit(args, explicit_id=_has_job_id(opts))
+        return reply.job_id
+
+    async def enqueue_with_unique_key(
+        self,
+        function_name: str,
+        unique_key: str,
+        options: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Enqueues a job unless ``unique_key`` is held; returns the holder's id.
+
+        The first call writes the job and holds ``unique_key`` (per queue) for
+        ``unique_ttl_seconds`` (default ``default_unique_job_lock_ttl_seconds``,
+        6 hours); within that time every further call writes nothing and returns
+        the first job's id, even after that job finished. The check and the
+        write are one script, so concurrent calls from any number of processes
+        produce exactly one job. ``options`` are those of :meth:`enqueue` plus
+        ``unique_ttl_seconds``.
+        """
+        opts = options if options is not None else {}
+        args = self._build_args("unique", function_name, opts)
+        key = _nonempty_str("unique_key", unique_key)
+        ttl = opts.get("unique_ttl_seconds")
+        if ttl is None:
+            ttl = self.config.default_unique_job_lock_ttl_seconds
+        ttl_ms = _seconds_to_ms("unique_ttl_seconds", ttl, positive=True)
+        args = dataclasses.replace(args, rule="unique", rule_key=key, rule_window_ms=ttl_ms)
+        reply = await self._submit(args, explicit_id=_has_job_id(opts))
+        return reply.job_id
+
+    async def enqueue_with_rate_limit(
+        self, function_name: str, options: Mapping[str, Any]
+    ) -> str | None:
+        """Enqueues a job unless its rate-limit window is closed; returns its id or None.
+
+        Required options: ``rate_limit_key`` (per queue) and ``rate_limit_seconds``.
+        The first call in a window writes the job and closes the window for
+        ``rate_limit_seconds``; calls inside it return None and write nothing.
+        Other options are those of :meth:`enqueue`.
+        """
+        opts = options if options is not None else {}
+        args = self._build_args("rate_limit", function_name, opts)
+        key = _nonempty_str("rate_limit_key", opts.get("rate_limit_key"))
+        if opts.get("rate_limit_seconds") is None:
+            raise InvalidOptionError("rate_limit_seconds is required", option="rate_limit_seconds")
+        window_ms = _seconds_to_ms("rate_limit_seconds", opts["rate_limit_seconds"], positive=True)
+        args = dataclasses.replace(args, rule="rate_limit", rule_key=key, rule_window_ms=window_ms)
+        reply = await self._submit(args, explicit_id=_has_job_id(opts))
+        if reply.code == ENQUEUE_RATE_LIMITED:
+            return None
+        return reply.job_id
+
+    async def enqueue_with_debounce(self, function_name: str, options: Mapping[str, Any]) -> str:
+        """Enqueues a debounced job: only the last call in a window runs.
+
+        Required options: ``debounce_key`` (per queue) and ``debounce_seconds``;
+        optional ``debounce_max_wait_seconds`` (at least ``debounce_seconds``).
+        The first call opens a window and writes a job due ``debounce_seconds``
+        later; each further call while that job has not started gives it the new
+        params and moves its run time to ``debounce_seconds`` after the call,
+        but never past ``debounce_max_wait_seconds`` after the first call. Every
+        call in a window returns the same job id. Once the job starts it is
+        never changed: the next call opens a new window with a new job. Other
+        options are those of :meth:`enqueue` except ``job_id``.
+        """
+        opts = options if options is not None else {}
+        args = self._build_args("debounce", function_name, opts)
+        key = _nonempty_str("debounce_key", opts.get("debounce_key"))
+        if opts.get("debounce_seconds") is None:
+            raise InvalidOptionError("debounce_seconds is required", option="debounce_seconds")
+        window_ms = _seconds_to_ms("debounce_seconds", opts["debounce_seconds"], positive=True)
+        max_wait_ms = 0
+        if opts.get("debounce_max_wait_seconds") is not None:
+            max_wait_ms = _seconds_to_ms(
+                "debounce_max_wait_seconds", opts["debounce_max_wait_seconds"], positive=True
+            )
+            if max_wait_ms < window_ms:
+                raise InvalidOptionError(
+                    "debounce_max_wait_seconds must be at least debounce_seconds, got "
+                    f"{opts['debounce_max_wait_seconds']!r} < {opts['debounce_seconds']!r}",
+                    option="debounce_max_wait_seconds",
+                )
+        args = dataclasses.replace(
+            args,
+            rule="debounce",
+            rule_key=key,
+            rule_window_ms=window_ms,
+            debounce_max_wait_ms=max_wait_ms,
+        )
+        reply = await self._submit(args, explicit_id=False)
+        return reply.job_id
 
     # --- status -------------------------------------------------------------
 
@@ -315,3 +506,159 @@ class RRQClient:
         async for message in pubsub.listen():
             if message.get("type") == "message":
                 return
+
+    # --- cancellation -------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancels a job that has not finished; returns whether it will end CANCELLED.
+
+        A waiting job (PENDING or RETRYING) becomes CANCELLED at once and never
+        runs. A running job is marked ``cancel_requested`` and its orchestrator
+        cancels the handler; the job then ends CANCELLED (or COMPLETED, if the
+        handler finished first). Both return True; ``wait_for_result`` waiters
+        wake when the job ends. A finished job is left as it is: False. Raises
+        JobNotFoundError for an unknown (or expired) id.
+        """
+        _nonempty_str("job_id", job_id)
+        found = await self._locate(job_id)
+        if found is None:
+            raise JobNotFoundError(job_id)
+        queue = found[0]
+        code, _status = await self.store.cancel(
+            queue,
+            job_id,
+            reason=_CANCEL_REASON,
+            default_result_ttl_ms=round(self.config.default_result_ttl_seconds * 1000),
+        )
+        if code == -1:  # expired between the lookup and the script
+            raise JobNotFoundError(job_id)
+        return code > 0
+
+    # --- dead-letter queue --------------------------------------------------
+
+    async def _dlq_queues(self, queue_name: str | None) -> list[str]:
+        if queue_name is not None:
+            return [_nonempty_str("queue_name", queue_name)]
+        return await self.store.queues()
+
+    async def _dlq_live(self, queue: str, limit: int) -> list[tuple[float, JobResult]]:
+        """The oldest ``limit`` dead-letter entries of a queue whose record still exists.
+
+        Entries whose record expired are removed on the way.
+        """
+        store = self.store
+        live: list[tuple[float, JobResult]] = []
+        start = 0
+        while len(live) < limit:
+            entries = await store.dlq_entries(queue, start, limit - len(live))
+            if not entries:
+                break
+            records = await store.get_jobs(queue, [job_id for job_id, _ in entries])
+            expired = []
+            for (job_id, score), fields in zip(entries, records, strict=True):
+                if fields is None:
+                    expired.append(job_id)
+                else:
+                    live.append((score, _wire.job_result_from_hash(fields)))
+            await store.dlq_prune(queue, expired)
+            start += len(entries) - len(expired)  # pruned entries no longer take a position
+        return live
+
+    async def dlq_list(self, queue_name: str | None = None, limit: int = 100) -> list[JobResult]:
+        """Dead-lettered jobs, oldest death first (newest last), at most ``limit``.
+
+        ``queue_name`` None means every queue in ``rrq:queues``; the queues'
+        entries are merged by time of death. Entries whose record expired
+        (after ``dlq_retention_seconds``) are skipped and removed.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidOptionError(f"limit must be a positive integer, got {limit!r}")
+        merged: list[tuple[float, JobResult]] = []
+        for queue in await self._dlq_queues(queue_name):
+            merged += await self._dlq_live(queue, limit)
+        merged.sort(key=lambda entry: entry[0])
+        return [result for _, result in merged[:limit]]
+
+    async def dlq_inspect(self, job_id: str) -> JobResult | None:
+        """The dead-lettered job's record, or None when it is not in a dead-letter queue."""
+        _nonempty_str("job_id", job_id)
+        store = self.store
+        queues = await store.queues()
+        where = await store.dlq_queues_of([job_id], queues)
+        queue = where.get(job_id)
+        if queue is None:
+            return None
+        fields = await store.get_job(queue, job_id)
+        if fields is None:
+            await store.dlq_prune(queue, [job_id])
+            return None
+        return _wire.job_result_from_hash(fields)
+
+    async def _dlq_targets(
+        self, job_ids: Sequence[str], queue_name: str | None
+    ) -> dict[str, list[str]]:
+        """queue -> the given ids in its dead-letter queue (ids in none are dropped)."""
+        ids = [_nonempty_str("job_ids[]", job_id) for job_id in job_ids]
+        where = await self.store.dlq_queues_of(ids, await self._dlq_queues(queue_name))
+        by_queue: dict[str, list[str]] = {}
+        for job_id in dict.fromkeys(ids):
+            queue = where.get(job_id)
+            if queue is not None:
+                by_queue.setdefault(queue, []).append(job_id)
+        return by_queue
+
+    async def dlq_requeue(
+        self, job_ids: Sequence[str] | None = None, *, queue_name: str | None = None
+    ) -> int:
+        """Moves dead-lettered jobs back to their original queue; returns how many.
+
+        With ``job_ids``: those (ids not dead-lettered are ignored); else every
+        dead-letter entry of ``queue_name``, or of every queue when it is None.
+        A requeued job is PENDING with attempt 0, so it has a fresh retry
+        budget; its error history is kept. Works in batches of 100 per script
+        call, and only on the entries present when the call started (a job
+        that dies again meanwhile is not requeued twice).
+        """
+        store = self.store
+        requeued = 0
+        if job_ids is not None:
+            if isinstance(job_ids, str):
+                raise InvalidOptionError("job_ids must be a list of ids, not a string")
+            for queue, ids in (await self._dlq_targets(job_ids, queue_name)).items():
+                for i in range(0, len(ids), DLQ_BATCH):
+                    done, _pruned = await store.dlq_requeue(queue, ids[i : i + DLQ_BATCH])
+                    requeued += done
+            return requeued
+        for queue in await self._dlq_queues(queue_name):
+            remaining = await store.dlq_size(queue)
+            while remaining > 0:
+                batch = min(DLQ_BATCH, remaining)
+                done, _pruned = await store.dlq_requeue(queue, batch=batch)
+                requeued += done
+                remaining -= batch
+        return requeued
+
+    async def dlq_purge(
+        self, job_ids: Sequence[str] | None = None, *, queue_name: str | None = None
+    ) -> int:
+        """Deletes dead-lettered jobs for good; returns how many entries were removed.
+
+        With ``job_ids``: those; else every dead-letter entry of ``queue_name``,
+        or of every queue when it is None (in batches of 100).
+        """
+        store = self.store
+        removed = 0
+        if job_ids is not None:
+            if isinstance(job_ids, str):
+                raise InvalidOptionError("job_ids must be a list of ids, not a string")
+            for queue, ids in (await self._dlq_targets(job_ids, queue_name)).items():
+                for i in range(0, len(ids), DLQ_BATCH):
+                    removed += await store.dlq_purge(queue, ids[i : i + DLQ_BATCH])
+            return removed
+        for queue in await self._dlq_queues(queue_name):
+            remaining = await store.dlq_size(queue)
+            while remaining > 0:
+                batch = min(DLQ_BATCH, remaining)
+                removed += await store.dlq_purge(queue, batch=batch)
+                remaining -= batch
+        return removed

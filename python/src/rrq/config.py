@@ -32,12 +32,21 @@ class ClientConfig:
     default_queue_name: str = "default"
     default_max_retries: int = 3
     max_payload_bytes: int = 1024 * 1024
+    default_result_ttl_seconds: float = 86_400.0
+    default_unique_job_lock_ttl_seconds: float = 21_600.0
 
 
 def _number(key: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ConfigError(f"rrq.{key} must be a finite number, got {value!r}")
     return float(value)
+
+
+def _positive(key: str, value: object) -> float:
+    number = _number(key, value)
+    if number < 0.001:
+        raise ConfigError(f"rrq.{key} must be at least 0.001 seconds, got {value!r}")
+    return number
 
 
 def _nonneg_int(key: str, value: object) -> int:
@@ -66,9 +75,18 @@ def _from_table(table: Mapping[str, Any]) -> ClientConfig:
     )
     if payload == 0:
         raise ConfigError("rrq.max_payload_bytes must be at least 1")
-    for key in ("default_job_timeout_seconds", "default_result_ttl_seconds"):
-        if key in table:
-            _number(key, table[key])
+    if "default_job_timeout_seconds" in table:
+        _number("default_job_timeout_seconds", table["default_job_timeout_seconds"])
+    result_ttl = _positive(
+        "default_result_ttl_seconds",
+        table.get("default_result_ttl_seconds", defaults.default_result_ttl_seconds),
+    )
+    unique_ttl = _positive(
+        "default_unique_job_lock_ttl_seconds",
+        table.get(
+            "default_unique_job_lock_ttl_seconds", defaults.default_unique_job_lock_ttl_seconds
+        ),
+    )
     env_dsn = os.environ.get(REDIS_DSN_ENV)
     if env_dsn:
         dsn = env_dsn
@@ -77,6 +95,8 @@ def _from_table(table: Mapping[str, Any]) -> ClientConfig:
         default_queue_name=queue,
         default_max_retries=retries,
         max_payload_bytes=payload,
+        default_result_ttl_seconds=result_ttl,
+        default_unique_job_lock_ttl_seconds=unique_ttl,
     )
 
 

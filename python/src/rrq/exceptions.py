@@ -25,7 +25,14 @@ class ConfigError(RRQError):
 
 
 class InvalidOptionError(RRQError, ValueError):
-    """An enqueue option is unknown or has an invalid value; nothing was written."""
+    """An enqueue option is unknown or has an invalid value; nothing was written.
+
+    ``option`` names the offending option (or argument) when there is one.
+    """
+
+    def __init__(self, message: str, *, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class InvalidParamsError(RRQError, ValueError):

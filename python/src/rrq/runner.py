@@ -164,9 +164,7 @@ class _Session:
         if execution.cancelled is not None:
             return
         execution.cancelled = "timeout" if cancel.timeout else "cancel"
-        log.info(
-            "cancelling job %s attempt %d (%s)", cancel.job_id, cancel.attempt, execution.cancelled
-        )
+        log.info("cancelling job %s attempt %d (%s)", cancel.job_id, cancel.attempt, cancel.reason)
         # A handler in a thread cannot be interrupted: its outcome goes out when
         # it returns, and the orchestrator kills this process after its grace.
         if execution.task is not None and not execution.in_thread:
@@ -203,10 +201,10 @@ class _Session:
                 execution,
                 "failure",
                 failure_kind="UNKNOWN_HANDLER",
-                error_type="UnknownHandler",
+                error_type="UnknownFunction",
                 message=f"no handler named {execute.function_name!r} (this runner has: {names})",
             )
-        tracer = _tracing.get_tracer()
+        tracer = _tracing.execution_tracer()
         span = tracer.execution_span(request) if tracer is not None else contextlib.nullcontext()
         try:
             with span:

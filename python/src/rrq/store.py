@@ -31,12 +31,18 @@ __all__ = [
     "EnqueueReply",
     "Store",
     "active_key",
+    "cancel_channel",
+    "debounce_key",
+    "debounce_key_prefix",
     "dlq_key",
     "done_channel",
     "due_key",
     "job_key",
     "job_key_prefix",
+    "rate_limit_key",
+    "rule_key",
     "script_error",
+    "unique_key",
     "wake_channel",
 ]
 
@@ -70,6 +76,42 @@ def active_key(queue: str) -> str:
 def dlq_key(queue: str) -> str:
     """``rrq:{<queue>}:dlq``: dead-lettered job ids scored by time of death."""
     return f"{_queue_prefix(queue)}:dlq"
+
+
+def unique_key(queue: str, key: str) -> str:
+    """``rrq:{<queue>}:unique:<key>``: id of the job holding a unique key."""
+    return f"{_queue_prefix(queue)}:unique:{key}"
+
+
+def rate_limit_key(queue: str, key: str) -> str:
+    """``rrq:{<queue>}:rate_limit:<key>``: set while a rate-limit window is closed."""
+    return f"{_queue_prefix(queue)}:rate_limit:{key}"
+
+
+def debounce_key_prefix(queue: str) -> str:
+    """``rrq:{<queue>}:debounce:``, the prefix of every debounce pointer of a queue."""
+    return f"{_queue_prefix(queue)}:debounce:"
+
+
+def debounce_key(queue: str, key: str) -> str:
+    """``rrq:{<queue>}:debounce:<key>``: the job waiting in an open debounce window."""
+    return debounce_key_prefix(queue) + key
+
+
+def rule_key(rule: str, queue: str, key: str) -> str:
+    """The Redis key of an enqueue rule (``unique``, ``rate_limit`` or ``debounce``)."""
+    if rule == "unique":
+        return unique_key(queue, key)
+    if rule == "rate_limit":
+        return rate_limit_key(queue, key)
+    if rule == "debounce":
+        return debounce_key(queue, key)
+    raise ValueError(f"unknown enqueue rule {rule!r}")
+
+
+def cancel_channel(queue: str) -> str:
+    """``rrq:{<queue>}:cancel``: ids of running jobs whose cancellation was requested."""
+    return f"{_queue_prefix(queue)}:cancel"
 
 
 def wake_channel(queue: str) -> str:
@@ -125,16 +167,40 @@ class EnqueueArgs:
     max_params_bytes: int
     trace_parent: str = ""
     trace_state: str = ""
+    # At most one rule: '' (none), 'unique', 'rate_limit' or 'debounce'.
+    rule: str = ""
+    rule_key: str = ""
+    rule_window_ms: int = 0
+    debounce_max_wait_ms: int = 0
+
+
+# enqueue.lua's reply codes.
+ENQUEUE_EXISTS: Final = 0
+ENQUEUE_CREATED: Final = 1
+ENQUEUE_UNIQUE_HELD: Final = 2
+ENQUEUE_RATE_LIMITED: Final = 3
+ENQUEUE_DEBOUNCED: Final = 4
 
 
 @dataclass(frozen=True, slots=True)
 class EnqueueReply:
-    """enqueue.lua's answer: ``created`` False means the id existed (then
-    ``value`` is its status number), else ``value`` is the run time in ms."""
+    """enqueue.lua's answer ``{code, job_id, value}``.
 
-    created: bool
+    ``code`` is one of the ``ENQUEUE_*`` constants: CREATED (``value`` is the
+    run time in ms), EXISTS (the id existed; ``value`` is its status number),
+    UNIQUE_HELD (``job_id`` holds the key; ``value`` its status number, 0 when
+    its record expired), RATE_LIMITED (nothing written) or DEBOUNCED (the
+    waiting ``job_id`` took the new params; ``value`` is its new run time).
+    """
+
+    code: int
     job_id: str
     value: int
+
+    @property
+    def created(self) -> bool:
+        """True when this call wrote a new job."""
+        return self.code == ENQUEUE_CREATED
 
 
 class Store:
@@ -199,9 +265,12 @@ class Store:
         before: list[tuple[str, Sequence[Any]]] = []
         if register_queue:
             before.append(("SADD", (QUEUES_KEY, queue)))
+        keys = [job_key(queue, args.job_id), due_key(queue)]
+        if args.rule:
+            keys += [rule_key(args.rule, queue, args.rule_key), job_key_prefix(queue)]
         reply = await self._run(
             "enqueue",
-            [job_key(queue, args.job_id), due_key(queue)],
+            keys,
             [
                 args.job_id,
                 args.function_name,
@@ -216,11 +285,15 @@ class Store:
                 args.trace_state,
                 args.max_params_bytes,
                 wake_channel(queue),
+                args.rule,
+                args.rule_key,
+                args.rule_window_ms,
+                args.debounce_max_wait_ms,
             ],
             before=before,
         )
-        created, job_id, value = reply
-        return EnqueueReply(bool(int(created)), _text(job_id), int(value))
+        code, job_id, value = reply
+        return EnqueueReply(int(code), _text(job_id), int(value))
 
     async def queues(self) -> list[str]:
         """Every registered queue name, sorted."""
@@ -264,7 +337,7 @@ class Store:
         """Runs claim.lua (used by tests that play the orchestrator)."""
         return await self._run(
             "claim",
-            [due_key(queue), active_key(queue), job_key_prefix(queue)],
+            [due_key(queue), active_key(queue), job_key_prefix(queue), debounce_key_prefix(queue)],
             [max_jobs, owner, lease_ms],
         )
 
@@ -278,6 +351,7 @@ class Store:
         action: str,
         payload: str = "",
         error_type: str = "",
+        traceback: str = "",
         retry_delay_ms: int = 0,
         default_result_ttl_ms: int = 86_400_000,
         dlq_retention_ms: int = 604_800_000,
@@ -298,8 +372,92 @@ class Store:
                 dlq_retention_ms,
                 wake_channel(queue),
                 done_channel(queue, job_id),
+                traceback,
             ],
         )
+
+    async def cancel(
+        self, queue: str, job_id: str, *, reason: str, default_result_ttl_ms: int
+    ) -> tuple[int, int]:
+        """Runs cancel.lua: ``(code, status)``; 1 cancelled, 2 requested, 0 finished, -1 unknown."""
+        code, status = await self._run(
+            "cancel",
+            [job_key(queue, job_id), due_key(queue)],
+            [
+                job_id,
+                reason,
+                default_result_ttl_ms,
+                done_channel(queue, job_id),
+                cancel_channel(queue),
+            ],
+        )
+        return int(code), int(status)
+
+    async def dlq_entries(self, queue: str, start: int, count: int) -> list[tuple[str, float]]:
+        """``count`` dead-letter entries from position ``start`` (oldest first), with scores."""
+        entries = cast(
+            "list[tuple[bytes, float]]",
+            await self.redis.zrange(dlq_key(queue), start, start + count - 1, withscores=True),
+        )
+        return [(_text(member), float(score)) for member, score in entries]
+
+    async def dlq_size(self, queue: str) -> int:
+        """Number of dead-letter entries of the queue."""
+        return int(await self.redis.zcard(dlq_key(queue)))
+
+    async def dlq_prune(self, queue: str, job_ids: Sequence[str]) -> None:
+        """Removes dead-letter entries (whose record expired)."""
+        if job_ids:
+            await self.redis.zrem(dlq_key(queue), *job_ids)
+
+    async def get_jobs(self, queue: str, job_ids: Sequence[str]) -> list[dict[bytes, bytes] | None]:
+        """The job hashes of ``job_ids`` in one round trip (None for a missing one)."""
+        if not job_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(job_key(queue, job_id))
+        replies = await pipe.execute()
+        return [cast("dict[bytes, bytes]", fields) or None for fields in replies]
+
+    async def dlq_queues_of(self, job_ids: Sequence[str], queues: Sequence[str]) -> dict[str, str]:
+        """job id -> the queue whose dead-letter queue holds it, in one round trip."""
+        if not job_ids or not queues:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        pairs = [(job_id, queue) for job_id in job_ids for queue in queues]
+        for job_id, queue in pairs:
+            pipe.zscore(dlq_key(queue), job_id)
+        replies = await pipe.execute()
+        found: dict[str, str] = {}
+        for (job_id, queue), score in zip(pairs, replies, strict=True):
+            if score is not None:
+                found.setdefault(job_id, queue)
+        return found
+
+    async def dlq_requeue(
+        self, queue: str, job_ids: Sequence[str] = (), *, batch: int = 0
+    ) -> tuple[int, int]:
+        """Runs dlq_requeue.lua on ``job_ids``, or on the oldest ``batch`` entries when none."""
+        if not job_ids and batch < 1:
+            return 0, 0
+        requeued, pruned = await self._run(
+            "dlq_requeue",
+            [dlq_key(queue), due_key(queue), job_key_prefix(queue)],
+            [wake_channel(queue), max(batch, 1), *job_ids],
+        )
+        return int(requeued), int(pruned)
+
+    async def dlq_purge(self, queue: str, job_ids: Sequence[str] = (), *, batch: int = 0) -> int:
+        """Runs dlq_purge.lua on ``job_ids``, or on the oldest ``batch`` entries when none."""
+        if not job_ids and batch < 1:
+            return 0
+        removed = await self._run(
+            "dlq_purge",
+            [dlq_key(queue), job_key_prefix(queue)],
+            [max(batch, 1), *job_ids],
+        )
+        return int(cast("int", removed))
 
 
 def _text(value: bytes | str) -> str:

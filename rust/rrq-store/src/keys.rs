@@ -10,6 +10,18 @@ pub const QUEUES: &str = "rrq:queues";
 /// Pattern matching the wake channel of every queue (for `PSUBSCRIBE`).
 pub const WAKE_PATTERN: &str = "rrq:*:wake";
 
+/// Pattern matching the cancel channel of every queue (for `PSUBSCRIBE`).
+pub const CANCEL_PATTERN: &str = "rrq:*:cancel";
+
+/// Sorted set of live orchestrator instance ids, scored by the Redis time
+/// (ms) their heartbeat expires.
+pub const ORCHESTRATORS: &str = "rrq:orchestrators";
+
+/// Hash holding one orchestrator's heartbeat: `rrq:orchestrator:<instance id>`.
+pub fn orchestrator(instance_id: &str) -> String {
+    format!("rrq:orchestrator:{instance_id}")
+}
+
 /// Key names of one queue.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct QueueKeys {
@@ -70,6 +82,38 @@ impl QueueKeys {
     pub fn done_channel_prefix(&self) -> String {
         format!("{}done:", self.prefix)
     }
+
+    /// Channel telling orchestrators that a running job should be cancelled
+    /// (message: the job id): `rrq:{<queue>}:cancel`.
+    pub fn cancel_channel(&self) -> String {
+        format!("{}cancel", self.prefix)
+    }
+
+    /// Unique-rule key: `rrq:{<queue>}:unique:<key>`.
+    pub fn unique(&self, key: &str) -> String {
+        format!("{}unique:{key}", self.prefix)
+    }
+
+    /// Rate-limit-rule key: `rrq:{<queue>}:rate_limit:<key>`.
+    pub fn rate_limit(&self, key: &str) -> String {
+        format!("{}rate_limit:{key}", self.prefix)
+    }
+
+    /// Debounce-rule pointer: `rrq:{<queue>}:debounce:<key>`.
+    pub fn debounce(&self, key: &str) -> String {
+        format!("{}debounce:{key}", self.prefix)
+    }
+
+    /// Prefix of the debounce pointers: `rrq:{<queue>}:debounce:`.
+    pub fn debounce_prefix(&self) -> String {
+        format!("{}debounce:", self.prefix)
+    }
+}
+
+/// The queue named by a cancel channel `rrq:{<queue>}:cancel`, if it is one.
+pub fn queue_of_cancel_channel(channel: &str) -> Option<&str> {
+    let inner = channel.strip_prefix("rrq:{")?.strip_suffix("}:cancel")?;
+    if inner.is_empty() { None } else { Some(inner) }
 }
 
 /// The queue named by a wake channel `rrq:{<queue>}:wake`, if it is one.
@@ -94,6 +138,24 @@ mod tests {
         assert_eq!(k.done_channel("j1"), "rrq:{emails}:done:j1");
         assert_eq!(k.done_channel_prefix(), "rrq:{emails}:done:");
         assert_eq!(QUEUES, "rrq:queues");
+        assert_eq!(k.cancel_channel(), "rrq:{emails}:cancel");
+        assert_eq!(k.unique("u"), "rrq:{emails}:unique:u");
+        assert_eq!(k.rate_limit("r"), "rrq:{emails}:rate_limit:r");
+        assert_eq!(k.debounce("d"), "rrq:{emails}:debounce:d");
+        assert_eq!(k.debounce_prefix(), "rrq:{emails}:debounce:");
+        assert_eq!(ORCHESTRATORS, "rrq:orchestrators");
+        assert_eq!(orchestrator("h-1"), "rrq:orchestrator:h-1");
+    }
+
+    #[test]
+    fn cancel_channel_round_trips() {
+        for q in ["default", "a:b", "x}:cancel"] {
+            assert_eq!(
+                queue_of_cancel_channel(&QueueKeys::new(q).cancel_channel()),
+                Some(q)
+            );
+        }
+        assert_eq!(queue_of_cancel_channel("rrq:{q}:wake"), None);
     }
 
     #[test]

@@ -16,5 +16,6 @@ pub use error::{Error, Result};
 pub use keys::QueueKeys;
 pub use rrq_proto::v1::JobStatus;
 pub use scripts::{
-    Claim, ClaimedJob, EnqueueRequest, Enqueued, Recovered, Settle, SettleAction, Settled, Store,
+    CancelOutcome, Claim, ClaimedJob, DlqEntry, EnqueueRequest, EnqueueRule, Enqueued, Recovered,
+    Renewed, Requeued, Settle, SettleAction, Settled, Store,
 };

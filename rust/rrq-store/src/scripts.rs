@@ -20,6 +20,39 @@ static RENEW_LEASE: LazyLock<Script> =
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/settle.lua")));
 static RECOVER_EXPIRED: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/recover_expired.lua")));
+static CANCEL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/cancel.lua")));
+static DLQ_REQUEUE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/dlq_requeue.lua")));
+static DLQ_PURGE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/dlq_purge.lua")));
+
+/// One of the rules `enqueue.lua` applies (at most one per enqueue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnqueueRule {
+    /// Only one job holds `key` for `ttl_ms`; a second enqueue returns the holder.
+    Unique {
+        /// Rule key as the user gave it.
+        key: String,
+        /// How long the key is held.
+        ttl_ms: i64,
+    },
+    /// At most one job per window for `key`.
+    RateLimit {
+        /// Rule key as the user gave it.
+        key: String,
+        /// Window length.
+        window_ms: i64,
+    },
+    /// The job runs `delay_ms` after the last call, at most `max_wait_ms` after the first.
+    Debounce {
+        /// Rule key as the user gave it.
+        key: String,
+        /// Debounce delay.
+        delay_ms: i64,
+        /// Cap on the total wait (0 = none).
+        max_wait_ms: i64,
+    },
+}
 
 /// A new job for [`Store::enqueue`].
 #[derive(Debug, Clone, Default)]
@@ -48,6 +81,8 @@ pub struct EnqueueRequest {
     pub trace_state: String,
     /// Largest params_json accepted.
     pub max_params_bytes: i64,
+    /// Unique / rate-limit / debounce rule, if any.
+    pub rule: Option<EnqueueRule>,
 }
 
 /// What [`Store::enqueue`] did.
@@ -66,6 +101,22 @@ pub enum Enqueued {
         id: String,
         /// Current `JobStatus` number of the existing job.
         status: i32,
+    },
+    /// Unique rule: the key is held by job `id`; nothing was written.
+    UniqueHeld {
+        /// Id of the holder.
+        id: String,
+        /// Its `JobStatus` number (0 when its record already expired).
+        status: i32,
+    },
+    /// Rate-limit rule: the window is still closed; nothing was written.
+    RateLimited,
+    /// Debounce rule: the waiting job `id` took the new params and runs at `run_at_ms`.
+    Debounced {
+        /// Id of the waiting job.
+        id: String,
+        /// Its new run time.
+        run_at_ms: i64,
     },
 }
 
@@ -119,6 +170,8 @@ pub enum SettleAction {
         error_type: String,
         /// Delay before the next attempt.
         delay_ms: i64,
+        /// Traceback kept in the `errors_json` entry (may be empty).
+        traceback: String,
     },
     /// Dead-letter now.
     Fail {
@@ -126,6 +179,8 @@ pub enum SettleAction {
         message: String,
         /// Error class kept in `last_error_type`.
         error_type: String,
+        /// Traceback kept in the `errors_json` entry (may be empty).
+        traceback: String,
     },
     /// Status CANCELLED.
     Cancel {
@@ -183,6 +238,52 @@ pub struct Recovered {
     pub requeued: i64,
     /// Jobs dead-lettered because their retries were used up.
     pub dead_lettered: i64,
+    /// Jobs ended CANCELLED because a cancel was requested.
+    pub cancelled: i64,
+}
+
+/// Answer of [`Store::renew_lease`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Renewed {
+    /// Ids whose lease is no longer this owner's: stop those executions.
+    pub lost: Vec<String>,
+    /// Ids still this owner's whose cancellation was requested.
+    pub cancel_requested: Vec<String>,
+}
+
+/// Answer of [`Store::cancel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job was waiting; it is now CANCELLED and will never run.
+    Cancelled,
+    /// An attempt is running: `cancel_requested` is set and its orchestrator told.
+    Requested,
+    /// The job had already finished with this `JobStatus` number; nothing written.
+    Finished(i32),
+    /// No such job.
+    NotFound,
+}
+
+/// Answer of [`Store::dlq_requeue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Requeued {
+    /// Jobs moved back to their queue.
+    pub requeued: i64,
+    /// Dead-letter entries whose record had expired (removed).
+    pub pruned: i64,
+}
+
+/// One dead-lettered job, as read by [`Store::dlq_list`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DlqEntry {
+    /// Job id.
+    pub id: String,
+    /// Queue.
+    pub queue: String,
+    /// When it was dead-lettered (score in the dead-letter set), epoch ms.
+    pub failed_at_ms: i64,
+    /// The job record (every hash field).
+    pub fields: std::collections::BTreeMap<String, String>,
 }
 
 /// The Redis contract: typed wrappers of the Lua scripts over one multiplexed,
@@ -219,9 +320,28 @@ impl Store {
     pub async fn enqueue(&self, req: &EnqueueRequest) -> Result<Enqueued> {
         let k = QueueKeys::new(&req.queue);
         let mut conn = self.conn.clone();
-        let reply: Value = ENQUEUE
-            .key(k.job(&req.id))
-            .key(k.due())
+        let mut inv = ENQUEUE.key(k.job(&req.id));
+        inv.key(k.due());
+        let (rule, rule_key, window, max_wait) = match &req.rule {
+            None => ("", "", 0, 0),
+            Some(EnqueueRule::Unique { key, ttl_ms }) => {
+                inv.key(k.unique(key)).key(k.job_prefix());
+                ("unique", key.as_str(), *ttl_ms, 0)
+            }
+            Some(EnqueueRule::RateLimit { key, window_ms }) => {
+                inv.key(k.rate_limit(key));
+                ("rate_limit", key.as_str(), *window_ms, 0)
+            }
+            Some(EnqueueRule::Debounce {
+                key,
+                delay_ms,
+                max_wait_ms,
+            }) => {
+                inv.key(k.debounce(key)).key(k.job_prefix());
+                ("debounce", key.as_str(), *delay_ms, *max_wait_ms)
+            }
+        };
+        let reply: Value = inv
             .arg(&req.id)
             .arg(&req.function_name)
             .arg(&req.queue)
@@ -235,22 +355,35 @@ impl Store {
             .arg(&req.trace_state)
             .arg(req.max_params_bytes)
             .arg(k.wake_channel())
+            .arg(rule)
+            .arg(rule_key)
+            .arg(window)
+            .arg(max_wait)
             .invoke_async(&mut conn)
             .await
             .map_err(Error::from_redis)?;
         let items = array("enqueue", reply)?;
         let [flag, id, third] = fixed::<3>("enqueue", items)?;
         let id = string("enqueue", id)?;
-        let enqueued = if int("enqueue", flag)? == 1 {
-            Enqueued::Created {
+        let enqueued = match int("enqueue", flag)? {
+            1 => Enqueued::Created {
                 id,
                 run_at_ms: int("enqueue", third)?,
-            }
-        } else {
-            Enqueued::Exists {
+            },
+            0 => Enqueued::Exists {
                 id,
                 status: status("enqueue", third)?,
-            }
+            },
+            2 => Enqueued::UniqueHeld {
+                id,
+                status: status("enqueue", third)?,
+            },
+            3 => Enqueued::RateLimited,
+            4 => Enqueued::Debounced {
+                id,
+                run_at_ms: int("enqueue", third)?,
+            },
+            other => return Err(protocol("enqueue", format!("unknown flag {other}"))),
         };
         let _: i64 = redis::cmd("SADD")
             .arg(keys::QUEUES)
@@ -274,6 +407,7 @@ impl Store {
             .key(k.due())
             .key(k.active())
             .key(k.job_prefix())
+            .key(k.debounce_prefix())
             .arg(max_jobs.max(1))
             .arg(owner)
             .arg(lease_ms)
@@ -284,16 +418,17 @@ impl Store {
     }
 
     /// Extends the leases `owner` holds on `(job id, attempt)` pairs of
-    /// `queue` (`renew_lease.lua`). Returns the ids whose lease is lost.
+    /// `queue` (`renew_lease.lua`). Returns the ids whose lease is lost and
+    /// the ids whose cancellation was requested.
     pub async fn renew_lease(
         &self,
         queue: &str,
         owner: &str,
         lease_ms: i64,
         jobs: &[(String, i64)],
-    ) -> Result<Vec<String>> {
+    ) -> Result<Renewed> {
         if jobs.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Renewed::default());
         }
         let k = QueueKeys::new(queue);
         let mut inv = RENEW_LEASE.key(k.active());
@@ -305,10 +440,7 @@ impl Store {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(Error::from_redis)?;
-        array("renew_lease", reply)?
-            .into_iter()
-            .map(|v| string("renew_lease", v))
-            .collect()
+        parse_renewed(reply)
     }
 
     /// Applies a batch of settles in one pipeline (`settle.lua`). The outer
@@ -353,6 +485,7 @@ impl Store {
         queue: &str,
         max_jobs: usize,
         dlq_retention_ms: i64,
+        default_result_ttl_ms: i64,
     ) -> Result<Recovered> {
         let k = QueueKeys::new(queue);
         let reply: Value = RECOVER_EXPIRED
@@ -364,14 +497,187 @@ impl Store {
             .arg(dlq_retention_ms)
             .arg(k.wake_channel())
             .arg(k.done_channel_prefix())
+            .arg(default_result_ttl_ms)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(Error::from_redis)?;
-        let [requeued, dead] = fixed::<2>("recover_expired", array("recover_expired", reply)?)?;
+        const S: &str = "recover_expired";
+        let [requeued, dead, cancelled] = fixed::<3>(S, array(S, reply)?)?;
         Ok(Recovered {
-            requeued: int("recover_expired", requeued)?,
-            dead_lettered: int("recover_expired", dead)?,
+            requeued: int(S, requeued)?,
+            dead_lettered: int(S, dead)?,
+            cancelled: int(S, cancelled)?,
         })
+    }
+
+    /// Cancels job `id` of `queue` (`cancel.lua`): at once when it waits,
+    /// by request to its orchestrator when an attempt runs.
+    pub async fn cancel(
+        &self,
+        queue: &str,
+        id: &str,
+        reason: &str,
+        default_result_ttl_ms: i64,
+    ) -> Result<CancelOutcome> {
+        const S: &str = "cancel";
+        let k = QueueKeys::new(queue);
+        let reply: Value = CANCEL
+            .key(k.job(id))
+            .key(k.due())
+            .arg(id)
+            .arg(reason)
+            .arg(default_result_ttl_ms)
+            .arg(k.done_channel(id))
+            .arg(k.cancel_channel())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(Error::from_redis)?;
+        let [flag, st] = fixed::<2>(S, array(S, reply)?)?;
+        Ok(match int(S, flag)? {
+            1 => CancelOutcome::Cancelled,
+            2 => CancelOutcome::Requested,
+            0 => CancelOutcome::Finished(status(S, st)?),
+            -1 => CancelOutcome::NotFound,
+            other => return Err(protocol(S, format!("unknown flag {other}"))),
+        })
+    }
+
+    /// Moves dead-lettered jobs of `queue` back to it (`dlq_requeue.lua`):
+    /// the given `ids`, or the oldest `limit` entries when `ids` is empty.
+    pub async fn dlq_requeue(&self, queue: &str, ids: &[String], limit: usize) -> Result<Requeued> {
+        const S: &str = "dlq_requeue";
+        let k = QueueKeys::new(queue);
+        let mut inv = DLQ_REQUEUE.key(k.dlq());
+        inv.key(k.due())
+            .key(k.job_prefix())
+            .arg(k.wake_channel())
+            .arg(limit.max(1));
+        for id in ids {
+            inv.arg(id);
+        }
+        let reply: Value = inv
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(Error::from_redis)?;
+        let [requeued, pruned] = fixed::<2>(S, array(S, reply)?)?;
+        Ok(Requeued {
+            requeued: int(S, requeued)?,
+            pruned: int(S, pruned)?,
+        })
+    }
+
+    /// Deletes dead-lettered jobs of `queue` (`dlq_purge.lua`): the given
+    /// `ids`, or the oldest `limit` entries when `ids` is empty. Returns the
+    /// number of dead-letter entries removed.
+    pub async fn dlq_purge(&self, queue: &str, ids: &[String], limit: usize) -> Result<i64> {
+        let k = QueueKeys::new(queue);
+        let mut inv = DLQ_PURGE.key(k.dlq());
+        inv.key(k.job_prefix()).arg(limit.max(1));
+        for id in ids {
+            inv.arg(id);
+        }
+        let reply: Value = inv
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(Error::from_redis)?;
+        int("dlq_purge", reply)
+    }
+
+    /// Number of entries in the dead-letter set of `queue`.
+    pub async fn dlq_len(&self, queue: &str) -> Result<i64> {
+        Ok(redis::cmd("ZCARD")
+            .arg(QueueKeys::new(queue).dlq())
+            .query_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// Up to `limit` dead-lettered jobs of `queue`, oldest first, with their
+    /// records (`ZRANGE` + pipelined `HGETALL`). Entries whose record expired
+    /// are skipped and pruned.
+    pub async fn dlq_list(&self, queue: &str, limit: usize) -> Result<Vec<DlqEntry>> {
+        let k = QueueKeys::new(queue);
+        let mut conn = self.conn.clone();
+        let ids: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(k.dlq())
+            .arg(0)
+            .arg(limit.max(1) as i64 - 1)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (id, _) in &ids {
+            pipe.cmd("HGETALL").arg(k.job(id));
+        }
+        let records: Vec<std::collections::BTreeMap<String, String>> =
+            pipe.query_async(&mut conn).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        let mut gone = Vec::new();
+        for ((id, score), fields) in ids.into_iter().zip(records) {
+            if fields.is_empty() {
+                gone.push(id);
+            } else {
+                out.push(DlqEntry {
+                    id,
+                    queue: queue.to_owned(),
+                    failed_at_ms: score as i64,
+                    fields,
+                });
+            }
+        }
+        if !gone.is_empty() {
+            let _: i64 = redis::cmd("ZREM")
+                .arg(k.dlq())
+                .arg(&gone)
+                .query_async(&mut conn)
+                .await?;
+        }
+        Ok(out)
+    }
+
+    /// Every field of job `id` in `queue`; `None` when there is no such record.
+    pub async fn job(
+        &self,
+        queue: &str,
+        id: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>> {
+        let fields: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(QueueKeys::new(queue).job(id))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok((!fields.is_empty()).then_some(fields))
+    }
+
+    /// The queue holding job `id`, looked up in every member of `rrq:queues`
+    /// in one pipelined round trip; `None` when no queue has it.
+    pub async fn find_job_queue(&self, id: &str) -> Result<Option<String>> {
+        let queues = self.queues().await?;
+        if queues.is_empty() {
+            return Ok(None);
+        }
+        let mut pipe = redis::pipe();
+        for q in &queues {
+            pipe.cmd("EXISTS").arg(QueueKeys::new(q).job(id));
+        }
+        let found: Vec<i64> = pipe.query_async(&mut self.conn.clone()).await?;
+        let mut hits: Vec<String> = queues
+            .into_iter()
+            .zip(found)
+            .filter(|(_, n)| *n > 0)
+            .map(|(q, _)| q)
+            .collect();
+        hits.sort();
+        Ok(hits.into_iter().next())
+    }
+
+    /// Redis `TIME` in epoch ms.
+    pub async fn time_ms(&self) -> Result<i64> {
+        let (secs, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(secs * 1000 + micros / 1000)
     }
 
     /// Members of `rrq:queues`.
@@ -392,19 +698,26 @@ async fn run_settle_pipeline<'a>(
     pipe.ignore_errors();
     for s in batch {
         let k = QueueKeys::new(&s.queue);
-        let (text, error_type, delay_ms) = match &s.action {
-            SettleAction::Complete { result_json } => (result_json.as_str(), "", 0),
+        let (text, error_type, delay_ms, traceback) = match &s.action {
+            SettleAction::Complete { result_json } => (result_json.as_str(), "", 0, ""),
             SettleAction::Retry {
                 message,
                 error_type,
                 delay_ms,
-            } => (message.as_str(), error_type.as_str(), (*delay_ms).max(0)),
+                traceback,
+            } => (
+                message.as_str(),
+                error_type.as_str(),
+                (*delay_ms).max(0),
+                traceback.as_str(),
+            ),
             SettleAction::Fail {
                 message,
                 error_type,
-            } => (message.as_str(), error_type.as_str(), 0),
-            SettleAction::Cancel { message } => (message.as_str(), "", 0),
-            SettleAction::Release => ("", "", 0),
+                traceback,
+            } => (message.as_str(), error_type.as_str(), 0, traceback.as_str()),
+            SettleAction::Cancel { message } => (message.as_str(), "", 0, ""),
+            SettleAction::Release => ("", "", 0, ""),
         };
         let mut inv = SETTLE.key(k.job(&s.job_id));
         inv.key(k.due())
@@ -420,7 +733,8 @@ async fn run_settle_pipeline<'a>(
             .arg(s.default_result_ttl_ms)
             .arg(s.dlq_retention_ms)
             .arg(k.wake_channel())
-            .arg(k.done_channel(&s.job_id));
+            .arg(k.done_channel(&s.job_id))
+            .arg(traceback);
         pipe.invoke_script(&inv);
     }
     Ok(pipe.query_async(conn).await?)
@@ -444,6 +758,22 @@ fn parse_settle(job_id: &str, v: Value) -> Result<Settled> {
             attempt: int("settle", b)?,
         })
     }
+}
+
+fn parse_renewed(reply: Value) -> Result<Renewed> {
+    const S: &str = "renew_lease";
+    let [lost, cancel] = fixed::<2>(S, array(S, reply)?)?;
+    let ids = |v: Value| -> Result<Vec<String>> {
+        match v {
+            // Lua turns an empty table into an empty array or nil, depending on version.
+            Value::Nil => Ok(Vec::new()),
+            v => array(S, v)?.into_iter().map(|i| string(S, i)).collect(),
+        }
+    };
+    Ok(Renewed {
+        lost: ids(lost)?,
+        cancel_requested: ids(cancel)?,
+    })
 }
 
 fn parse_claim(reply: Value) -> Result<Claim> {
@@ -583,6 +913,19 @@ mod tests {
         assert_eq!(claim.jobs[0].attempt, 1);
         assert_eq!(claim.jobs[0].max_retries, 3);
         assert_eq!(claim.jobs[0].enqueued_at_ms, 999);
+    }
+
+    #[test]
+    fn parses_a_renew_reply() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![bulk("a")]),
+            Value::Array(vec![bulk("b"), bulk("c")]),
+        ]);
+        let r = parse_renewed(reply).unwrap();
+        assert_eq!(r.lost, vec!["a".to_owned()]);
+        assert_eq!(r.cancel_requested, vec!["b".to_owned(), "c".to_owned()]);
+        let empty = Value::Array(vec![Value::Array(vec![]), Value::Array(vec![])]);
+        assert_eq!(parse_renewed(empty).unwrap(), Renewed::default());
     }
 
     #[test]

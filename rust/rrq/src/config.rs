@@ -95,7 +95,10 @@ pub struct Config {
     pub runner_routes: BTreeMap<String, String>,
     /// Runner definitions by name.
     pub runners: BTreeMap<String, RunnerConfig>,
-    /// Cron entries (parsed and validated; not executed yet).
+    /// On start-up, the most recent cron tick is still enqueued if it is at
+    /// most this old; older missed ticks are skipped.
+    pub cron_misfire_grace_seconds: f64,
+    /// Cron entries.
     pub cron_jobs: Vec<CronJob>,
 }
 
@@ -121,6 +124,7 @@ impl Default for Config {
             shutdown_grace_seconds: 30.0,
             runner_routes: BTreeMap::new(),
             runners: BTreeMap::new(),
+            cron_misfire_grace_seconds: 60.0,
             cron_jobs: Vec::new(),
         }
     }
@@ -181,6 +185,9 @@ impl RunnerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CronJob {
+    /// Identifies the entry in tick job ids (`cron:<name>:<tick ms>`);
+    /// defaults to `function_name`.
+    pub name: Option<String>,
     /// Handler to enqueue.
     pub function_name: String,
     /// Cron expression, 5 fields or 6 with leading seconds.
@@ -192,6 +199,13 @@ pub struct CronJob {
     pub queue_name: Option<String>,
     /// IANA time zone of the schedule (UTC when absent).
     pub timezone: Option<String>,
+}
+
+impl CronJob {
+    /// `name`, else `function_name`.
+    pub fn effective_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.function_name)
+    }
 }
 
 impl Config {
@@ -275,6 +289,10 @@ impl Config {
             ),
             ("cancel_grace_seconds", self.cancel_grace_seconds),
             ("shutdown_grace_seconds", self.shutdown_grace_seconds),
+            (
+                "cron_misfire_grace_seconds",
+                self.cron_misfire_grace_seconds,
+            ),
         ];
         for (name, value) in non_negative {
             if !(value.is_finite() && (0.0..=MAX_SECONDS).contains(&value)) {
@@ -357,12 +375,29 @@ impl Config {
                 return Err((rkey("max_in_flight"), "must be at least 1".to_owned()));
             }
         }
+        let mut cron_names: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, cron) in self.cron_jobs.iter().enumerate() {
             let ckey = |k: &str| format!("rrq.cron_jobs[{i}].{k}");
             if cron.function_name.is_empty() {
                 return Err((ckey("function_name"), "must not be empty".to_owned()));
             }
-            validate_schedule(&cron.schedule).map_err(|m| (ckey("schedule"), m))?;
+            if let Some(name) = &cron.name
+                && name.is_empty()
+            {
+                return Err((ckey("name"), "must not be empty".to_owned()));
+            }
+            let name = cron.effective_name();
+            if let Some(first) = cron_names.insert(name, i) {
+                return Err((
+                    ckey("name"),
+                    format!(
+                        "entries rrq.cron_jobs[{first}] and rrq.cron_jobs[{i}] both have the name {name:?} \
+                         (the name defaults to function_name); set a distinct `name` on one of them"
+                    ),
+                ));
+            }
+            validate_schedule(&cron.schedule)
+                .map_err(|m| (ckey("schedule"), format!("cron entry {name:?}: {m}")))?;
             if let Some(q) = &cron.queue_name
                 && q.is_empty()
             {
@@ -371,7 +406,10 @@ impl Config {
             if let Some(tz) = &cron.timezone
                 && tz.parse::<chrono_tz::Tz>().is_err()
             {
-                return Err((ckey("timezone"), format!("{tz:?} is not an IANA time zone")));
+                return Err((
+                    ckey("timezone"),
+                    format!("cron entry {name:?}: {tz:?} is not an IANA time zone"),
+                ));
             }
         }
         Ok(())
@@ -447,6 +485,10 @@ impl Config {
     /// Dead-letter retention in ms.
     pub fn dlq_retention_ms(&self) -> i64 {
         ms(self.dlq_retention_seconds)
+    }
+    /// Cron misfire grace in ms.
+    pub fn cron_misfire_grace_ms(&self) -> i64 {
+        ms(self.cron_misfire_grace_seconds)
     }
 }
 
@@ -767,6 +809,71 @@ max_in_flight = 10      # Concurrent jobs per runner
             )
             .0,
             "rrq.cron_jobs[0].params"
+        );
+    }
+
+    #[test]
+    fn cron_names_must_be_distinct() {
+        let two = "[[rrq.cron_jobs]]\nfunction_name = \"f\"\nschedule = \"* * * * *\"\n\
+                   [[rrq.cron_jobs]]\nfunction_name = \"f\"\nschedule = \"0 * * * *\"\n";
+        let (key, message) = err_key(two);
+        assert_eq!(key, "rrq.cron_jobs[1].name");
+        assert!(
+            message.contains("rrq.cron_jobs[0]")
+                && message.contains("rrq.cron_jobs[1]")
+                && message.contains("set a distinct `name`"),
+            "{message}"
+        );
+        let named = format!("{two}name = \"f-hourly\"\n");
+        let c = parse(&named).unwrap();
+        assert_eq!(c.cron_jobs[0].effective_name(), "f");
+        assert_eq!(c.cron_jobs[1].effective_name(), "f-hourly");
+        // An explicit name may also clash with another entry's function name.
+        let clash = "[[rrq.cron_jobs]]\nfunction_name = \"f\"\nschedule = \"* * * * *\"\n\
+                     [[rrq.cron_jobs]]\nname = \"f\"\nfunction_name = \"g\"\nschedule = \"* * * * *\"\n";
+        assert_eq!(err_key(clash).0, "rrq.cron_jobs[1].name");
+        assert_eq!(
+            err_key(
+                "[[rrq.cron_jobs]]\nname = \"\"\nfunction_name = \"f\"\nschedule = \"* * * * *\"\n"
+            )
+            .0,
+            "rrq.cron_jobs[0].name"
+        );
+    }
+
+    #[test]
+    fn cron_misfire_grace_defaults_to_60s() {
+        assert_eq!(parse("").unwrap().cron_misfire_grace_ms(), 60_000);
+        assert_eq!(
+            parse("[rrq]\ncron_misfire_grace_seconds = 0\n")
+                .unwrap()
+                .cron_misfire_grace_ms(),
+            0
+        );
+        assert_eq!(
+            err_key("[rrq]\ncron_misfire_grace_seconds = -1\n").0,
+            "rrq.cron_misfire_grace_seconds"
+        );
+    }
+
+    #[test]
+    fn cron_errors_name_the_entry_and_key() {
+        let e = Config::from_toml(
+            "[[rrq.cron_jobs]]\nfunction_name = \"f\"\nschedule = \"bad\"\n",
+            "rrq.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rrq.cron_jobs[0].schedule"), "{e}");
+        let e = Config::from_toml(
+            "[[rrq.cron_jobs]]\nfunction_name = \"f\"\nschedule = \"* * * * *\"\ntimezone = \"Nope/Nope\"\n",
+            "rrq.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("rrq.cron_jobs[0].timezone") && e.contains("Nope/Nope"),
+            "{e}"
         );
     }
 

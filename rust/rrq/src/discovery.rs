@@ -1,6 +1,6 @@
-//! Wake-ups and queue discovery: the pub/sub listener (`PSUBSCRIBE
-//! rrq:*:wake`, or `SUBSCRIBE` per queue with `--queue`) and the periodic
-//! `SMEMBERS rrq:queues` refresh.
+//! Wake-ups, cancel requests and queue discovery: the pub/sub listener
+//! (`PSUBSCRIBE rrq:*:wake`, or `SUBSCRIBE` per queue with `--queue`, plus
+//! `PSUBSCRIBE rrq:*:cancel`) and the periodic `SMEMBERS rrq:queues` refresh.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,17 +10,19 @@ use rrq_store::{QueueKeys, Store, keys};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::dispatcher::Dispatcher;
 use crate::scheduler::{ServedQueues, Wake};
 
 /// How often `rrq:queues` is read again (a lost wake-up for a new queue is
 /// then found within this time).
 const REFRESH: Duration = Duration::from_secs(2);
 
-/// Listens for wake-up messages until `stop`; reconnects with backoff.
+/// Listens for wake-up and cancel messages until `stop`; reconnects with backoff.
 pub async fn listen(
     client: redis::Client,
     queues: Arc<ServedQueues>,
     wake: Arc<Wake>,
+    dispatcher: Arc<Dispatcher>,
     stop: CancellationToken,
 ) {
     let mut delay = Duration::from_millis(100);
@@ -34,17 +36,25 @@ pub async fn listen(
             } else {
                 pubsub.psubscribe(keys::WAKE_PATTERN).await?;
             }
+            pubsub.psubscribe(keys::CANCEL_PATTERN).await?;
             // Anything published while we were not subscribed was missed.
             wake.all();
             let mut messages = pubsub.into_on_message();
             while let Some(msg) = messages.next().await {
                 let channel = msg.get_channel_name();
-                match keys::queue_of_wake_channel(channel) {
-                    Some(queue) => {
-                        queues.add(queue);
-                        wake.queue(queue);
+                if let Some(queue) = keys::queue_of_wake_channel(channel) {
+                    queues.add(queue);
+                    wake.queue(queue);
+                } else if let Some(queue) = keys::queue_of_cancel_channel(channel) {
+                    match msg.get_payload::<String>() {
+                        Ok(job_id) if !job_id.is_empty() => {
+                            debug!(queue, %job_id, "cancel request");
+                            dispatcher.cancel_requested(queue, &job_id);
+                        }
+                        _ => debug!(channel, "ignoring a cancel message without a job id"),
                     }
-                    None => debug!(channel, "ignoring message on unexpected channel"),
+                } else {
+                    debug!(channel, "ignoring message on unexpected channel");
                 }
             }
             Ok::<(), redis::RedisError>(())

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rrq_proto::v1::{
     CancelJob, CancelReason, ExecuteBatch, ExecutionRequest, OrchestratorMessage, Outcome,
-    orchestrator_message,
+    orchestrator_message, outcome,
 };
 use rrq_store::{ClaimedJob, Settle, SettleAction};
 use tokio::sync::Notify;
@@ -26,6 +26,10 @@ use crate::session::{
 };
 use crate::settle::{Policy, Settler, action_for, error_type};
 use crate::supervisor::Supervisor;
+use crate::telemetry::Telemetry;
+
+/// `last_error` of a job cancelled on a user's request.
+pub const CANCELLED_ON_REQUEST: &str = "cancelled on request";
 
 /// Largest total of params in one `execute` message: stays under the 4 MiB
 /// default decoding limit of gRPC clients (a bigger single job still goes alone).
@@ -94,6 +98,19 @@ pub struct Dispatcher {
     next_session: AtomicU64,
     /// Notified whenever an execution ends or a session goes away.
     changed: Notify,
+    /// Notified when a session connects or goes away, or the drain starts
+    /// (what the health heartbeat reports).
+    pub sessions_changed: Notify,
+    telemetry: Option<Arc<Telemetry>>,
+}
+
+/// Connected sessions and free slots of one runner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunnerStats {
+    /// Connected sessions.
+    pub sessions: usize,
+    /// Free execution slots over those sessions.
+    pub free_slots: usize,
 }
 
 impl Dispatcher {
@@ -104,6 +121,7 @@ impl Dispatcher {
         settler: Settler,
         supervisor: Supervisor,
         wake: Arc<Wake>,
+        telemetry: Option<Arc<Telemetry>>,
     ) -> Arc<Self> {
         let policy = Policy {
             max_payload_bytes: usize::try_from(cfg.max_payload_bytes).unwrap_or(usize::MAX),
@@ -120,7 +138,32 @@ impl Dispatcher {
             state: Mutex::new(State::default()),
             next_session: AtomicU64::new(1),
             changed: Notify::new(),
+            sessions_changed: Notify::new(),
+            telemetry,
         })
+    }
+
+    /// True once the drain started.
+    pub fn is_draining(&self) -> bool {
+        self.lock().draining
+    }
+
+    /// Sessions and free slots of every configured runner (and of any other
+    /// runner name that connected).
+    pub fn runner_stats(&self) -> BTreeMap<String, RunnerStats> {
+        let st = self.lock();
+        let mut out: BTreeMap<String, RunnerStats> = self
+            .cfg
+            .runners
+            .keys()
+            .map(|r| (r.clone(), RunnerStats::default()))
+            .collect();
+        for s in st.sessions.values() {
+            let e = out.entry(s.runner.clone()).or_default();
+            e.sessions += 1;
+            e.free_slots += s.free();
+        }
+        out
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -166,6 +209,7 @@ impl Dispatcher {
         }
         self.settler.submit(settles);
         self.wake.all();
+        self.sessions_changed.notify_one();
         id
     }
 
@@ -220,6 +264,7 @@ impl Dispatcher {
                 SettleAction::Fail {
                     message,
                     error_type: error_type::UNKNOWN_FUNCTION.to_owned(),
+                    traceback: String::new(),
                 },
             )
         };
@@ -297,6 +342,14 @@ impl Dispatcher {
             + Duration::from_millis(held_ms as u64)
             + timeout;
 
+        let trace = self
+            .telemetry
+            .as_ref()
+            .and_then(|t| t.begin(&c, &session.runner, &handler));
+        let (trace_parent, trace_state) = match &trace {
+            Some(t) => (t.traceparent.clone(), t.tracestate.clone()),
+            None => (c.job.trace_parent.clone(), c.job.trace_state.clone()),
+        };
         let (job_id, attempt) = (c.job.id.clone(), c.job.attempt);
         let me = self.clone();
         let timer = tokio::spawn(async move {
@@ -314,6 +367,7 @@ impl Dispatcher {
                 state: ExecState::Running,
                 timer: Some(timer),
                 lease_valid_until: c.lease_valid_until,
+                trace,
             },
         );
         Some(ExecutionRequest {
@@ -324,8 +378,8 @@ impl Dispatcher {
             queue_name: c.queue,
             enqueued_at_ms: c.job.enqueued_at_ms,
             deadline_ms,
-            trace_parent: c.job.trace_parent,
-            trace_state: c.job.trace_state,
+            trace_parent,
+            trace_state,
             max_retries: c.job.max_retries,
         })
     }
@@ -383,16 +437,42 @@ impl Dispatcher {
                     debug!(job_id = %o.job_id, attempt = o.attempt, "ignoring outcome of an execution not outstanding on this session");
                     continue;
                 }
-                let Some(exec) = session.executions.remove(&o.job_id) else {
+                let Some(mut exec) = session.executions.remove(&o.job_id) else {
                     continue;
                 };
                 freed += 1;
                 if let Some(t) = &exec.timer {
                     t.abort();
                 }
-                if exec.state == ExecState::Running
-                    && let Some(action) = action_for(o.result.as_ref(), o.attempt, &self.policy)
-                {
+                let action = match exec.state {
+                    ExecState::Running => action_for(o.result.as_ref(), o.attempt, &self.policy),
+                    ExecState::Cancelling => match o.result.as_ref() {
+                        Some(outcome::Result::Cancelled(_)) => Some(SettleAction::Cancel {
+                            message: CANCELLED_ON_REQUEST.to_owned(),
+                        }),
+                        other => action_for(other, o.attempt, &self.policy),
+                    },
+                    ExecState::Settled => None,
+                };
+                if let Some(trace) = exec.trace.take() {
+                    match &action {
+                        Some(SettleAction::Retry {
+                            message,
+                            error_type,
+                            ..
+                        })
+                        | Some(SettleAction::Fail {
+                            message,
+                            error_type,
+                            ..
+                        }) => trace.end_error(error_type, message),
+                        Some(SettleAction::Cancel { message }) => {
+                            trace.end_error(error_type::CANCELLED, message)
+                        }
+                        _ => trace.end_ok(),
+                    }
+                }
+                if let Some(action) = action {
                     settles.push(self.settle(&exec.queue, &o.job_id, o.attempt, action));
                 }
             }
@@ -421,11 +501,24 @@ impl Dispatcher {
                 runner = %session.runner, pid = session.pid, outstanding = session.executions.len(),
                 "runner disconnected: {reason}"
             );
-            for (job_id, exec) in session.executions {
+            for (job_id, mut exec) in session.executions {
                 if let Some(t) = &exec.timer {
                     t.abort();
                 }
-                if exec.state == ExecState::Running {
+                exec.end_trace_error(error_type::RUNNER_LOST, reason);
+                if exec.state == ExecState::Cancelling {
+                    settles.push(self.settle(
+                        &exec.queue,
+                        &job_id,
+                        exec.attempt,
+                        SettleAction::Cancel {
+                            message: format!(
+                                "{CANCELLED_ON_REQUEST} (runner {:?} was lost before it answered: {reason})",
+                                session.runner
+                            ),
+                        },
+                    ));
+                } else if exec.state == ExecState::Running {
                     settles.push(self.settle(
                         &exec.queue,
                         &job_id,
@@ -437,6 +530,7 @@ impl Dispatcher {
                             ),
                             error_type: error_type::RUNNER_LOST.to_owned(),
                             delay_ms: self.policy.backoff_ms(exec.attempt),
+                            traceback: String::new(),
                         },
                     ));
                 }
@@ -445,6 +539,7 @@ impl Dispatcher {
         self.settler.submit(settles);
         self.wake.all();
         self.changed.notify_waiters();
+        self.sessions_changed.notify_one();
     }
 
     /// Deadline timer of an execution fired.
@@ -462,6 +557,7 @@ impl Dispatcher {
             }
             exec.state = ExecState::Settled;
             warn!(%job_id, attempt, runner = %session.runner, "job timed out after {}s", timeout.as_secs_f64());
+            exec.end_trace_error(error_type::JOB_TIMEOUT, "job timed out");
             exec.timer = Some(self.watch_cancel(sid, job_id, attempt));
             let queue = exec.queue.clone();
             send_cancel(&session.tx, job_id, attempt, CancelReason::Timeout);
@@ -473,6 +569,7 @@ impl Dispatcher {
                     message: format!("job timed out after {}s", timeout.as_secs_f64()),
                     error_type: error_type::JOB_TIMEOUT.to_owned(),
                     delay_ms: self.policy.backoff_ms(attempt),
+                    traceback: String::new(),
                 },
             )
         };
@@ -499,16 +596,36 @@ impl Dispatcher {
     }
 
     fn enforce_cancel(&self, sid: SessionId, job_id: &str, attempt: i64) {
-        let st = self.lock();
-        let Some(session) = st.sessions.get(&sid) else {
+        let mut st = self.lock();
+        let Some(session) = st.sessions.get_mut(&sid) else {
             return;
         };
-        if session
+        let Some(exec) = session
             .executions
-            .get(job_id)
-            .is_none_or(|e| e.attempt != attempt)
-        {
+            .get_mut(job_id)
+            .filter(|e| e.attempt == attempt)
+        else {
             return;
+        };
+        // A cancel on request ends the job CANCELLED even when the runner
+        // never answers; the slot stays taken until the runner is gone.
+        let settle = (exec.state == ExecState::Cancelling).then(|| {
+            exec.state = ExecState::Settled;
+            exec.end_trace_error(error_type::CANCELLED, CANCELLED_ON_REQUEST);
+            self.settle(
+                &exec.queue,
+                job_id,
+                attempt,
+                SettleAction::Cancel {
+                    message: format!(
+                        "{CANCELLED_ON_REQUEST} (the runner did not stop the job within cancel_grace_seconds)"
+                    ),
+                },
+            )
+        });
+        if let Some(s) = settle {
+            self.settler.submit([s]);
+            self.changed.notify_waiters();
         }
         if !session.process_token.is_empty() && self.supervisor.kill(&session.process_token) {
             warn!(%job_id, attempt, runner = %session.runner, pid = session.pid,
@@ -529,7 +646,7 @@ impl Dispatcher {
         let mut out: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
         for s in st.sessions.values() {
             for (id, e) in &s.executions {
-                if e.state == ExecState::Running {
+                if e.is_live() {
                     out.entry(e.queue.clone())
                         .or_default()
                         .push((id.clone(), e.attempt));
@@ -570,7 +687,7 @@ impl Dispatcher {
         let mut out = Vec::new();
         for s in st.sessions.values() {
             for (id, e) in &s.executions {
-                if e.state == ExecState::Running && e.lease_valid_until <= now {
+                if e.is_live() && e.lease_valid_until <= now {
                     out.push((e.queue.clone(), id.clone()));
                 }
             }
@@ -598,9 +715,19 @@ impl Dispatcher {
                 continue;
             };
             for (id, e) in session.executions.iter_mut() {
+                if e.queue == queue
+                    && e.state == ExecState::Cancelling
+                    && lost.contains(id.as_str())
+                {
+                    // Already told to stop; the grace watcher stays armed.
+                    e.state = ExecState::Settled;
+                    e.end_trace_error("LeaseLost", "lease lost");
+                    continue;
+                }
                 if e.queue == queue && e.state == ExecState::Running && lost.contains(id.as_str()) {
                     warn!(job_id = %id, attempt = e.attempt, "lease lost; cancelling the execution");
                     e.state = ExecState::Settled;
+                    e.end_trace_error("LeaseLost", "lease lost");
                     if let Some(t) = &e.timer {
                         t.abort();
                     }
@@ -625,12 +752,7 @@ impl Dispatcher {
         let running: usize = st
             .sessions
             .values()
-            .map(|s| {
-                s.executions
-                    .values()
-                    .filter(|e| e.state == ExecState::Running)
-                    .count()
-            })
+            .map(|s| s.executions.values().filter(|e| e.is_live()).count())
             .sum();
         running + st.held.values().map(VecDeque::len).sum::<usize>()
     }
@@ -638,6 +760,7 @@ impl Dispatcher {
     /// Starts the drain: nothing new is dispatched and held jobs go back to
     /// their queues without charging the attempt.
     pub fn begin_drain(&self) {
+        self.sessions_changed.notify_one();
         let settles: Vec<Settle> = {
             let mut st = self.lock();
             st.draining = true;
@@ -683,13 +806,23 @@ impl Dispatcher {
             let mut st = self.lock();
             for session in st.sessions.values_mut() {
                 for (id, e) in session.executions.iter_mut() {
-                    if e.state == ExecState::Running {
+                    if e.is_live() {
+                        let action = if e.state == ExecState::Cancelling {
+                            SettleAction::Cancel {
+                                message: format!(
+                                    "{CANCELLED_ON_REQUEST} (the orchestrator shut down before the runner answered)"
+                                ),
+                            }
+                        } else {
+                            SettleAction::Release
+                        };
                         e.state = ExecState::Settled;
                         if let Some(t) = &e.timer {
                             t.abort();
                         }
+                        e.end_trace_error("Released", "released on shutdown");
                         send_cancel(&session.tx, id, e.attempt, CancelReason::Shutdown);
-                        settles.push(self.settle(&e.queue, id, e.attempt, SettleAction::Release));
+                        settles.push(self.settle(&e.queue, id, e.attempt, action));
                     }
                 }
             }
@@ -697,6 +830,56 @@ impl Dispatcher {
         let n = settles.len();
         self.settler.submit(settles);
         n
+    }
+
+    /// A user asked to cancel job `job_id` of `queue` (cancel channel, or the
+    /// lease renewal's backstop list). A held job is settled CANCELLED at
+    /// once; a running one gets `cancel(REQUESTED)` and `cancel_grace` to
+    /// answer. Idempotent: an attempt is sent at most one such cancel.
+    pub fn cancel_requested(self: &Arc<Self>, queue: &str, job_id: &str) {
+        let mut settles = Vec::new();
+        {
+            let mut st = self.lock();
+            for held in st.held.values_mut() {
+                while let Some(pos) = held
+                    .iter()
+                    .position(|h| h.claimed.queue == queue && h.claimed.job.id == job_id)
+                {
+                    if let Some(h) = held.remove(pos) {
+                        info!(%job_id, queue, "cancelled a job waiting for a runner slot");
+                        settles.push(self.settle(
+                            queue,
+                            job_id,
+                            h.claimed.job.attempt,
+                            SettleAction::Cancel {
+                                message: CANCELLED_ON_REQUEST.to_owned(),
+                            },
+                        ));
+                    }
+                }
+            }
+            st.held.retain(|_, v| !v.is_empty());
+            for (sid, session) in st.sessions.iter_mut() {
+                let Some(e) = session.executions.get_mut(job_id) else {
+                    continue;
+                };
+                if e.queue != queue || e.state != ExecState::Running {
+                    continue;
+                }
+                info!(%job_id, attempt = e.attempt, runner = %session.runner, "cancel requested; telling the runner");
+                e.state = ExecState::Cancelling;
+                if let Some(t) = e.timer.take() {
+                    t.abort();
+                }
+                e.timer = Some(self.watch_cancel(*sid, job_id, e.attempt));
+                send_cancel(&session.tx, job_id, e.attempt, CancelReason::Requested);
+            }
+        }
+        if !settles.is_empty() {
+            self.settler.submit(settles);
+            self.changed.notify_waiters();
+            self.wake.all();
+        }
     }
 
     /// Ends every session's stream.

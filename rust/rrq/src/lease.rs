@@ -35,11 +35,17 @@ pub async fn run(
             for chunk in jobs.chunks(CHUNK) {
                 let started = Instant::now();
                 match store.renew_lease(&queue, &owner, lease_ms, chunk).await {
-                    Ok(lost) => {
+                    Ok(renewed) => {
                         dispatcher.leases_renewed(&queue, chunk, started + lease);
-                        if !lost.is_empty() {
-                            warn!(queue, lost = lost.len(), "leases lost");
-                            dispatcher.leases_lost(&queue, &lost);
+                        if !renewed.lost.is_empty() {
+                            warn!(queue, lost = renewed.lost.len(), "leases lost");
+                            dispatcher.leases_lost(&queue, &renewed.lost);
+                        }
+                        // Backstop of the cancel channel: a lost message is
+                        // found here (sending a second cancel is avoided by
+                        // the dispatcher).
+                        for id in &renewed.cancel_requested {
+                            dispatcher.cancel_requested(&queue, id);
                         }
                     }
                     Err(e) => warn!(queue, "lease renewal failed: {e}"),

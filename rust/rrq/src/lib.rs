@@ -2,7 +2,10 @@
 //! connected over gRPC streams.
 //!
 //! Layout (one module per concern):
-//! - [`cli`]: `rrq worker run` arguments; [`config`]: `rrq.toml`;
+//! - [`cli`]: command line; [`config`]: `rrq.toml`; [`commands`]: `rrq
+//!   check` and `rrq dlq ...`;
+//! - [`cron`]: cron ticks; [`health`]: heartbeat; [`clock`]: Redis time;
+//! - [`telemetry`]: OpenTelemetry spans;
 //! - [`orchestrator`]: startup and shutdown order; [`shutdown`]: signals;
 //! - [`server`]: `RunnerService.Connect` (hello, heartbeats, outcomes);
 //! - [`session`] and [`dispatcher`]: sessions, credit, routing, timeouts,
@@ -14,10 +17,14 @@
 
 pub mod backoff;
 pub mod cli;
+pub mod clock;
+pub mod commands;
 pub mod config;
+pub mod cron;
 pub mod discovery;
 pub mod dispatcher;
 pub mod error;
+pub mod health;
 pub mod lease;
 pub mod orchestrator;
 pub mod recovery;
@@ -27,5 +34,6 @@ pub mod session;
 pub mod settle;
 pub mod shutdown;
 pub mod supervisor;
+pub mod telemetry;
 
 pub use error::{Error, Result};

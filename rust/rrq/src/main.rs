@@ -10,6 +10,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
+        Command::Check(args) => rrq::commands::check(&args),
+        Command::Dlq { command } => rrq::commands::dlq(&command),
         Command::Worker {
             command: WorkerCommand::Run(args),
         } => {

@@ -6,14 +6,17 @@ use rrq_store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::clock::RedisClock;
 use crate::config::Config;
 use crate::dispatcher::Dispatcher;
+use crate::health::Heartbeat;
 use crate::scheduler::{Scheduler, ServedQueues, Wake};
 use crate::server::Listener;
 use crate::settle::Settler;
 use crate::shutdown::Shutdown;
 use crate::supervisor::{Spawn, Supervisor};
-use crate::{Error, Result, discovery, lease, recovery};
+use crate::telemetry::Telemetry;
+use crate::{Error, Result, cron, discovery, lease, recovery};
 
 /// How `rrq worker run` was invoked.
 #[derive(Debug, Clone, Default)]
@@ -27,12 +30,7 @@ pub struct RunOptions {
 /// `hostname-pid-random`: unique per process, readable in logs and in the
 /// `lease_owner` field.
 pub fn instance_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned());
+    let host = crate::health::host_name();
     format!(
         "{host}-{}-{:06x}",
         std::process::id(),
@@ -54,6 +52,15 @@ fn redact(dsn: &str) -> String {
 pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     let cfg = Arc::new(cfg);
     let instance_id = instance_id();
+    // Validated with the configuration already; this names the entry again
+    // should anything slip through.
+    let cron_entries = Arc::new(cron::entries(&cfg).map_err(|message| {
+        Error::Config(crate::config::ConfigError::Invalid {
+            origin: "config".to_owned(),
+            key: "rrq.cron_jobs".to_owned(),
+            message,
+        })
+    })?);
     let dsn = redact(&cfg.redis_dsn);
     let redis_err = |source| Error::Redis {
         dsn: dsn.clone(),
@@ -69,6 +76,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     .await
     .map_err(redis_err)?;
     let store = Store::new(conn);
+    let clock = Arc::new(RedisClock::new());
+    let started_at_ms = {
+        let sent = std::time::Instant::now();
+        let now = store.time_ms().await?;
+        clock.observe(now, sent, std::time::Instant::now());
+        now
+    };
+    let telemetry = Telemetry::from_env(clock.clone(), store.clone());
 
     let fixed = !opts.queues.is_empty();
     let initial = if fixed {
@@ -94,6 +109,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         settler.clone(),
         supervisor.clone(),
         wake.clone(),
+        telemetry.clone(),
     );
 
     let mut listeners = Vec::new();
@@ -127,8 +143,23 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         }
     }
 
+    // Missed cron ticks within the grace are enqueued before we report ready.
+    let cron_from = if cron_entries.is_empty() {
+        started_at_ms
+    } else {
+        cron::catch_up(&store, &cfg, &cron_entries, &clock).await?
+    };
+
     let burst_done = opts.burst.then(CancellationToken::new);
-    let tasks = vec![
+    let heartbeat = Arc::new(Heartbeat {
+        store: store.clone(),
+        clock: clock.clone(),
+        dispatcher: dispatcher.clone(),
+        queues: queues.clone(),
+        instance_id: instance_id.clone(),
+        started_at_ms,
+    });
+    let mut tasks = vec![
         tokio::spawn(
             Scheduler {
                 cfg: cfg.clone(),
@@ -138,6 +169,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
                 wake: wake.clone(),
                 queues: queues.clone(),
                 owner: instance_id.clone(),
+                clock: clock.clone(),
                 stop: stop_claims.clone(),
                 burst_done: burst_done.clone(),
             }
@@ -147,6 +179,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
             client.clone(),
             queues.clone(),
             wake.clone(),
+            dispatcher.clone(),
             stop_services.clone(),
         )),
         tokio::spawn(discovery::refresh(
@@ -168,7 +201,18 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
             queues.clone(),
             stop_services.clone(),
         )),
+        tokio::spawn(heartbeat.clone().run(stop_services.clone())),
     ];
+    if !cron_entries.is_empty() && !opts.burst {
+        tasks.push(tokio::spawn(cron::run(
+            store.clone(),
+            cfg.clone(),
+            cron_entries.clone(),
+            clock.clone(),
+            cron_from,
+            stop_claims.clone(),
+        )));
+    }
 
     let listen: Vec<String> = addrs.iter().map(|(n, a)| format!("{n}={a}")).collect();
     info!(
@@ -219,6 +263,12 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     stop_listeners.cancel();
     for t in tasks {
         let _ = t.await;
+    }
+    if let Err(e) = heartbeat.remove().await {
+        warn!("removing the heartbeat failed: {e}");
+    }
+    if let Some(t) = &telemetry {
+        t.shutdown(std::time::Duration::from_secs(5)).await;
     }
     for l in listeners {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), l).await;

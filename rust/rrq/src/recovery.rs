@@ -30,20 +30,26 @@ pub async fn run(
         for queue in queues.list() {
             loop {
                 match store
-                    .recover_expired(&queue, BATCH, cfg.dlq_retention_ms())
+                    .recover_expired(
+                        &queue,
+                        BATCH,
+                        cfg.dlq_retention_ms(),
+                        cfg.default_result_ttl_ms(),
+                    )
                     .await
                 {
                     Ok(r) => {
-                        if r.requeued + r.dead_lettered > 0 {
+                        let n = r.requeued + r.dead_lettered + r.cancelled;
+                        if n > 0 {
                             info!(
                                 queue,
                                 requeued = r.requeued,
                                 dead_lettered = r.dead_lettered,
+                                cancelled = r.cancelled,
                                 "recovered expired leases"
                             );
                         }
-                        if ((r.requeued + r.dead_lettered) as usize) < BATCH || stop.is_cancelled()
-                        {
+                        if (n as usize) < BATCH || stop.is_cancelled() {
                             break;
                         }
                     }

@@ -131,6 +131,8 @@ pub struct Scheduler {
     pub queues: Arc<ServedQueues>,
     /// Lease owner id.
     pub owner: String,
+    /// Redis time, refreshed from every claim.
+    pub clock: Arc<crate::clock::RedisClock>,
     /// Stop claiming when cancelled.
     pub stop: CancellationToken,
     /// `--burst`: cancel this when there is nothing left to do.
@@ -179,6 +181,7 @@ impl Scheduler {
                 let claimed_at = Instant::now();
                 match self.store.claim(&queue, want, &self.owner, lease_ms).await {
                     Ok(claim) => {
+                        self.clock.observe(claim.now_ms, claimed_at, Instant::now());
                         match claim.next_due_in_ms {
                             Some(ms) => {
                                 next_due.insert(

@@ -50,6 +50,9 @@ impl Session {
 pub enum ExecState {
     /// Running under our lease; its outcome will be settled.
     Running,
+    /// A user asked to cancel it and the runner was sent `cancel(REQUESTED)`:
+    /// still under our lease; its outcome (or the grace expiring) is settled.
+    Cancelling,
     /// Already settled by us (timeout, lease lost, shutdown release): the slot
     /// stays taken until the runner's outcome arrives, which is then dropped.
     Settled,
@@ -70,6 +73,22 @@ pub struct Execution {
     pub timer: Option<AbortHandle>,
     /// Until when our lease is known valid (monotonic).
     pub lease_valid_until: Instant,
+    /// The attempt's `process` span, when OpenTelemetry is on.
+    pub trace: Option<crate::telemetry::AttemptTrace>,
+}
+
+impl Execution {
+    /// True while the attempt runs under our lease (its outcome will be settled).
+    pub fn is_live(&self) -> bool {
+        matches!(self.state, ExecState::Running | ExecState::Cancelling)
+    }
+
+    /// Ends the attempt's span (if any) as a failure.
+    pub fn end_trace_error(&mut self, error_type: &str, message: &str) {
+        if let Some(t) = self.trace.take() {
+            t.end_error(error_type, message);
+        }
+    }
 }
 
 /// A session's view for [`pick_session`].

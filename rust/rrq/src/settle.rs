@@ -26,7 +26,7 @@ pub mod error_type {
     pub const CANCELLED: &str = "Cancelled";
 }
 
-/// Longest traceback kept in `last_error` (its tail, where the error is).
+/// Longest traceback kept in an `errors_json` entry (its tail, where the error is).
 const MAX_TRACEBACK_BYTES: usize = 8 * 1024;
 
 /// Inputs of [`action_for`] that come from the configuration.
@@ -58,6 +58,7 @@ pub fn action_for(
         message,
         error_type: error_type.to_owned(),
         delay_ms: policy.backoff_ms(attempt),
+        traceback: String::new(),
     };
     Some(match result {
         Some(outcome::Result::Success(s)) => {
@@ -87,6 +88,7 @@ pub fn action_for(
                 .delay_ms
                 .map(|d| d.max(0))
                 .unwrap_or_else(|| policy.backoff_ms(attempt)),
+            traceback: String::new(),
         },
         Some(outcome::Result::Failure(f)) => {
             let kind = FailureKind::try_from(f.kind).unwrap_or(FailureKind::HandlerError);
@@ -97,12 +99,14 @@ pub fn action_for(
             } else {
                 f.error_type.clone()
             };
-            let message = failure_message(&f.message, &f.traceback);
+            let message = failure_message(&f.message);
+            let traceback = traceback_tail(&f.traceback).to_owned();
             match kind {
                 FailureKind::UnknownHandler | FailureKind::InvalidParams | FailureKind::Fatal => {
                     SettleAction::Fail {
                         message,
                         error_type,
+                        traceback,
                     }
                 }
                 FailureKind::Unspecified
@@ -112,6 +116,7 @@ pub fn action_for(
                     message,
                     error_type,
                     delay_ms: policy.backoff_ms(attempt),
+                    traceback,
                 },
             }
         }
@@ -133,20 +138,21 @@ pub fn action_for(
     })
 }
 
-fn failure_message(message: &str, traceback: &str) -> String {
-    let message = if message.is_empty() {
-        "the handler failed"
+fn failure_message(message: &str) -> String {
+    if message.is_empty() {
+        "the handler failed".to_owned()
     } else {
-        message
-    };
-    if traceback.is_empty() {
-        return message.to_owned();
+        message.to_owned()
     }
+}
+
+/// The last [`MAX_TRACEBACK_BYTES`] of `traceback`, cut at a character boundary.
+pub fn traceback_tail(traceback: &str) -> &str {
     let mut start = traceback.len().saturating_sub(MAX_TRACEBACK_BYTES);
     while !traceback.is_char_boundary(start) {
         start += 1;
     }
-    format!("{message}\n{}", &traceback[start..])
+    &traceback[start..]
 }
 
 /// Queue of settles feeding one writer task that batches them into pipelines.
@@ -297,7 +303,8 @@ mod tests {
             Some(SettleAction::Retry {
                 message: "later".into(),
                 error_type: "Retry".into(),
-                delay_ms: 1234
+                delay_ms: 1234,
+                traceback: String::new(),
             })
         );
         let r = outcome::Result::Retry(Retry {
@@ -333,10 +340,12 @@ mod tests {
                 Some(SettleAction::Retry {
                     error_type,
                     message,
+                    traceback,
                     ..
                 }) => {
                     assert_eq!(error_type, "ValueError");
-                    assert_eq!(message, "bad\nTraceback...");
+                    assert_eq!(message, "bad");
+                    assert_eq!(traceback, "Traceback...");
                 }
                 other => panic!("{kind:?}: {other:?}"),
             }
@@ -359,9 +368,11 @@ mod tests {
     #[test]
     fn long_tracebacks_keep_their_tail() {
         let tb = format!("{}END", "é".repeat(MAX_TRACEBACK_BYTES));
-        let m = failure_message("m", &tb);
-        assert!(m.ends_with("END"));
-        assert!(m.len() <= MAX_TRACEBACK_BYTES + 2);
+        let t = traceback_tail(&tb);
+        assert!(t.ends_with("END"));
+        assert!(t.len() <= MAX_TRACEBACK_BYTES);
+        assert_eq!(traceback_tail("short"), "short");
+        assert_eq!(failure_message(""), "the handler failed");
     }
 
     #[test]

@@ -1,14 +1,20 @@
 """OpenTelemetry tracing: producer -> orchestrator -> runner.
 
-Call :func:`enable` in the producer process and in the runner app (for
-example at the top of ``myapp/runner.py``)::
+Call :func:`enable` in the producer process::
 
     from rrq.integrations import otel
     otel.enable(service_name="my-service")
 
-Each enqueue then runs in a PRODUCER span whose W3C context is stored with the
-job; the orchestrator passes it on, and the runner runs each handler in a
-CONSUMER span that continues it. Needs ``opentelemetry-api`` (``pip install
+Every enqueue (``enqueue``, ``enqueue_with_unique_key``,
+``enqueue_with_rate_limit``, ``enqueue_with_debounce``) then runs in a PRODUCER
+span ``send <queue>`` whose W3C context is stored with the job; the
+orchestrator continues it (``wait``/``dispatch``/``process <queue>`` spans when
+it exports OTLP) and passes it on, and the Python runner runs each handler in a
+CONSUMER span ``process <function_name>`` whose parent is that context, so
+``opentelemetry.trace.get_current_span()`` inside a handler belongs to the
+producer's trace. The runner does this whenever ``opentelemetry-api`` is
+importable, without ``enable()``; call ``enable()`` in the runner app too to
+record and export its spans. Needs ``opentelemetry-api`` (``pip install
 'rrq[otel]'``); with ``service_name`` and ``opentelemetry-sdk`` installed, a
 tracer provider is set up when none is configured yet (exporting over OTLP
 when ``opentelemetry-exporter-otlp`` is installed too).
@@ -29,7 +35,22 @@ except ImportError as exc:  # optional dependency
 else:
     _MISSING = None
 
-__all__ = ["disable", "enable"]
+__all__ = ["MESSAGING_SYSTEM", "automatic_tracer", "disable", "enable"]
+
+MESSAGING_SYSTEM = "rrq"
+
+
+class _EnqueueSpan:
+    def __init__(self, span: trace.Span, carrier: Mapping[str, str]) -> None:
+        self._span = span
+        self._carrier = carrier
+
+    @property
+    def carrier(self) -> Mapping[str, str]:
+        return self._carrier
+
+    def set_job_id(self, job_id: str) -> None:
+        self._span.set_attribute("messaging.message.id", job_id)
 
 
 class _OtelTracer:
@@ -37,31 +58,43 @@ class _OtelTracer:
         self._tracer = tracer
 
     @contextmanager
-    def _enqueue_span(self, function_name: str, queue_name: str) -> Iterator[Mapping[str, str]]:
-        attributes = {"rrq.function_name": function_name, "rrq.queue_name": queue_name}
+    def _enqueue_span(
+        self, function_name: str, queue_name: str, job_id: str
+    ) -> Iterator[_tracing.EnqueueSpan]:
+        attributes = {
+            "messaging.system": MESSAGING_SYSTEM,
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "send",
+            "messaging.destination.name": queue_name,
+            "messaging.message.id": job_id,
+            "rrq.job.function_name": function_name,
+        }
         with self._tracer.start_as_current_span(
-            f"rrq.enqueue {function_name}", kind=trace.SpanKind.PRODUCER, attributes=attributes
-        ):
+            f"send {queue_name}", kind=trace.SpanKind.PRODUCER, attributes=attributes
+        ) as span:
             carrier: dict[str, str] = {}
-            propagate.inject(carrier)
-            yield carrier
+            propagate.inject(carrier)  # the context of this PRODUCER span
+            yield _EnqueueSpan(span, carrier)
 
     def enqueue_span(
-        self, function_name: str, queue_name: str
-    ) -> AbstractContextManager[Mapping[str, str]]:
-        return self._enqueue_span(function_name, queue_name)
+        self, function_name: str, queue_name: str, job_id: str
+    ) -> AbstractContextManager[_tracing.EnqueueSpan]:
+        return self._enqueue_span(function_name, queue_name, job_id)
 
     @contextmanager
     def _execution_span(self, request: ExecutionRequest) -> Iterator[object]:
         parent = propagate.extract(dict(request.context.trace_context))
         attributes: dict[str, str | int] = {
-            "rrq.job_id": request.job_id,
-            "rrq.function_name": request.function_name,
-            "rrq.queue_name": request.queue_name,
-            "rrq.attempt": request.attempt,
+            "messaging.system": MESSAGING_SYSTEM,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.name": request.queue_name,
+            "messaging.message.id": request.job_id,
+            "rrq.job.function_name": request.function_name,
+            "rrq.job.attempt": request.attempt,
         }
         with self._tracer.start_as_current_span(
-            f"rrq.job {request.function_name}",
+            f"process {request.function_name}",
             context=parent,
             kind=trace.SpanKind.CONSUMER,
             attributes=attributes,
@@ -70,6 +103,16 @@ class _OtelTracer:
 
     def execution_span(self, request: ExecutionRequest) -> AbstractContextManager[object]:
         return self._execution_span(request)
+
+
+def automatic_tracer() -> _tracing.Tracer | None:
+    """The runner's tracer when ``enable()`` was not called: the global provider's.
+
+    None when OpenTelemetry is not installed.
+    """
+    if _MISSING is not None:
+        return None
+    return _OtelTracer(trace.get_tracer("rrq"))
 
 
 def _install_sdk_provider(service_name: str) -> None:

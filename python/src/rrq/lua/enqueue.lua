@@ -138,7 +138,11 @@ elseif rule == 'debounce' then
     end
   end
   -- No open window (none yet, or its job already started): this call opens one.
-  run_at = math.max(now + window, run_at)
+  local first_run = now + window
+  if max_wait > 0 then
+    first_run = math.min(first_run, now + max_wait)
+  end
+  run_at = math.max(first_run, run_at)
 end
 
 local fields = {

@@ -1,0 +1,302 @@
+//! Health: the orchestrator's heartbeat in Redis, and `rrq check`, which reads it.
+//!
+//! Every [`INTERVAL`] (and when a runner connects or goes away, or the drain
+//! starts) each orchestrator writes
+//! `ZADD rrq:orchestrators <redis now + TTL> <instance id>` and the hash
+//! `rrq:orchestrator:<instance id>` (`version`, `started_at_ms`,
+//! `heartbeat_at_ms`, `serving`, `queues`, `runners`, `pid`, `host`) with a
+//! [`TTL`] expiry; both are removed on a clean shutdown. An instance is alive
+//! while its score is after Redis `TIME`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rrq_store::{Store, keys};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::clock::RedisClock;
+use crate::dispatcher::Dispatcher;
+use crate::scheduler::ServedQueues;
+
+/// Heartbeat period.
+pub const INTERVAL: Duration = Duration::from_secs(2);
+/// How long a heartbeat keeps an instance alive.
+pub const TTL_MS: i64 = 6000;
+
+/// What one orchestrator reports about itself.
+#[derive(Debug)]
+pub struct Heartbeat {
+    /// Redis.
+    pub store: Store,
+    /// Redis time.
+    pub clock: Arc<RedisClock>,
+    /// Sessions and drain state.
+    pub dispatcher: Arc<Dispatcher>,
+    /// Served queues.
+    pub queues: Arc<ServedQueues>,
+    /// Instance id.
+    pub instance_id: String,
+    /// Redis time of the start, ms.
+    pub started_at_ms: i64,
+}
+
+/// Host name of this machine.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+impl Heartbeat {
+    /// Writes the heartbeat once.
+    pub async fn write(&self) -> redis::RedisResult<()> {
+        let mut conn = self.store.connection();
+        let sent = Instant::now();
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        let now = secs * 1000 + micros / 1000;
+        self.clock.observe(now, sent, Instant::now());
+        let stats = self.dispatcher.runner_stats();
+        let connected = stats.values().any(|s| s.sessions > 0);
+        let serving = connected && !self.dispatcher.is_draining();
+        let runners: BTreeMap<&str, serde_json::Value> = stats
+            .iter()
+            .map(|(name, s)| {
+                (
+                    name.as_str(),
+                    serde_json::json!({"sessions": s.sessions, "free_slots": s.free_slots}),
+                )
+            })
+            .collect();
+        let key = keys::orchestrator(&self.instance_id);
+        let fields: [(&str, String); 8] = [
+            ("version", env!("CARGO_PKG_VERSION").to_owned()),
+            ("started_at_ms", self.started_at_ms.to_string()),
+            ("heartbeat_at_ms", now.to_string()),
+            ("serving", if serving { "1" } else { "0" }.to_owned()),
+            (
+                "queues",
+                serde_json::to_string(&self.queues.list()).unwrap_or_default(),
+            ),
+            (
+                "runners",
+                serde_json::to_string(&runners).unwrap_or_default(),
+            ),
+            ("pid", std::process::id().to_string()),
+            ("host", host_name()),
+        ];
+        redis::pipe()
+            .cmd("ZADD")
+            .arg(keys::ORCHESTRATORS)
+            .arg(now + TTL_MS)
+            .arg(&self.instance_id)
+            .ignore()
+            .cmd("HSET")
+            .arg(&key)
+            .arg(&fields[..])
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(TTL_MS)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(keys::ORCHESTRATORS)
+            .arg("-inf")
+            .arg(now)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+    }
+
+    /// Removes this instance's heartbeat (clean shutdown).
+    pub async fn remove(&self) -> redis::RedisResult<()> {
+        redis::pipe()
+            .cmd("ZREM")
+            .arg(keys::ORCHESTRATORS)
+            .arg(&self.instance_id)
+            .ignore()
+            .cmd("DEL")
+            .arg(keys::orchestrator(&self.instance_id))
+            .ignore()
+            .query_async::<()>(&mut self.store.connection())
+            .await
+    }
+
+    /// Writes the heartbeat every [`INTERVAL`] and on session changes until `stop`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if let Err(e) = self.write().await {
+                warn!("writing the heartbeat failed: {e}");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+                _ = self.dispatcher.sessions_changed.notified() => {}
+            }
+        }
+    }
+}
+
+/// One live orchestrator as `rrq check` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Instance {
+    /// Instance id.
+    pub id: String,
+    /// Ready, not draining, with at least one runner session.
+    pub serving: bool,
+    /// Served queues.
+    pub queues: Vec<String>,
+    /// Runner name → `{"sessions", "free_slots"}`.
+    pub runners: serde_json::Value,
+    /// Redis time since its last heartbeat, ms.
+    pub heartbeat_age_ms: i64,
+    /// Orchestrator version.
+    pub version: String,
+    /// Process id.
+    pub pid: String,
+    /// Host.
+    pub host: String,
+    /// Start time (Redis time, ms).
+    pub started_at_ms: i64,
+}
+
+/// Reads the live instances (pruning expired members first).
+pub async fn live_instances(store: &Store) -> redis::RedisResult<Vec<Instance>> {
+    let mut conn = store.connection();
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
+    let now = secs * 1000 + micros / 1000;
+    let (ids,): (Vec<String>,) = redis::pipe()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(keys::ORCHESTRATORS)
+        .arg("-inf")
+        .arg(now)
+        .ignore()
+        .cmd("ZRANGEBYSCORE")
+        .arg(keys::ORCHESTRATORS)
+        .arg(format!("({now}"))
+        .arg("+inf")
+        .query_async(&mut conn)
+        .await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for id in &ids {
+        pipe.cmd("HGETALL").arg(keys::orchestrator(id));
+    }
+    let records: Vec<BTreeMap<String, String>> = pipe.query_async(&mut conn).await?;
+    Ok(ids
+        .into_iter()
+        .zip(records)
+        .map(|(id, f)| {
+            let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+            let num = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+            Instance {
+                id,
+                serving: get("serving") == "1",
+                queues: serde_json::from_str(&get("queues")).unwrap_or_default(),
+                runners: serde_json::from_str(&get("runners"))
+                    .unwrap_or(serde_json::Value::Object(Default::default())),
+                heartbeat_age_ms: if f.contains_key("heartbeat_at_ms") {
+                    (now - num("heartbeat_at_ms")).max(0)
+                } else {
+                    -1
+                },
+                version: get("version"),
+                pid: get("pid"),
+                host: get("host"),
+                started_at_ms: num("started_at_ms"),
+            }
+        })
+        .collect())
+}
+
+/// One line of `rrq check` for `i`.
+pub fn describe(i: &Instance) -> String {
+    let runners: Vec<String> = i
+        .runners
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(name, v)| {
+                    format!(
+                        "{name}(sessions={}, free_slots={})",
+                        v.get("sessions")
+                            .and_then(serde_json::Value::as_i64)
+                            .unwrap_or(0),
+                        v.get("free_slots")
+                            .and_then(serde_json::Value::as_i64)
+                            .unwrap_or(0)
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let age = if i.heartbeat_age_ms < 0 {
+        "unknown".to_owned()
+    } else {
+        format!("{:.1}s", i.heartbeat_age_ms as f64 / 1000.0)
+    };
+    format!(
+        "{} serving={} queues=[{}] runners=[{}] heartbeat_age={age}",
+        i.id,
+        if i.serving { "yes" } else { "no" },
+        i.queues.join(","),
+        runners.join(", ")
+    )
+}
+
+/// The verdict of `rrq check`: exit status and the reason when not 0.
+pub fn verdict(instances: &[Instance]) -> (u8, Option<&'static str>) {
+    if instances.is_empty() {
+        (1, Some("no orchestrator is alive"))
+    } else if instances.iter().any(|i| i.serving) {
+        (0, None)
+    } else {
+        (
+            1,
+            Some("orchestrators are alive but none is serving (no runner connected, or draining)"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(serving: bool) -> Instance {
+        Instance {
+            id: "h-1-abc".into(),
+            serving,
+            queues: vec!["default".into(), "q".into()],
+            runners: serde_json::json!({"python": {"sessions": 1, "free_slots": 3}}),
+            heartbeat_age_ms: 400,
+            version: "0.1.0".into(),
+            pid: "1".into(),
+            host: "h".into(),
+            started_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(verdict(&[]).0, 1);
+        assert_eq!(verdict(&[instance(false)]).0, 1);
+        assert_eq!(verdict(&[instance(false), instance(true)]), (0, None));
+    }
+
+    #[test]
+    fn describes_an_instance() {
+        assert_eq!(
+            describe(&instance(true)),
+            "h-1-abc serving=yes queues=[default,q] runners=[python(sessions=1, free_slots=3)] heartbeat_age=0.4s"
+        );
+    }
+}

@@ -1,0 +1,337 @@
+//! Helpers of the end-to-end tests: a private redis-server, the real `rrq`
+//! binary, and a test runner speaking the protocol through the generated
+//! tonic client.
+
+// Each test binary uses a different subset.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead as _, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use rrq_proto::v1::runner_service_client::RunnerServiceClient;
+use rrq_proto::v1::{
+    ExecutionRequest, Heartbeat, OrchestratorMessage, Outcome, OutcomeBatch, RunnerHello,
+    RunnerMessage, orchestrator_message, outcome, runner_message,
+};
+use rrq_store::{EnqueueRequest, QueueKeys, Store};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private redis-server, killed on drop.
+pub struct Redis {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--bind", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be on PATH");
+        let me = Self { child, port };
+        // Wait for the condition "PING answers", with a deadline.
+        let client = redis::Client::open(me.dsn()).unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+            {
+                return me;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn dsn(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.dsn()).unwrap()
+    }
+
+    pub async fn store(&self) -> Store {
+        Store::connect(&self.client()).await.unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `rrq` binary under test, killed on drop.
+pub struct Orchestrator {
+    pub child: Child,
+    pub dir: PathBuf,
+    /// `host:port` of the `python` runner listener.
+    pub addr: String,
+    /// `runner name -> host:port` of every listener.
+    pub addrs: std::collections::BTreeMap<String, String>,
+}
+
+impl Orchestrator {
+    pub async fn start(redis: &Redis, extra: &str) -> Self {
+        Self::start_with(redis, extra, &[]).await
+    }
+
+    pub async fn start_with(redis: &Redis, extra: &str, args: &[&str]) -> Self {
+        let config = format!(
+            "[rrq]\nredis_dsn = \"redis://127.0.0.1:1/0\"\ndefault_runner_name = \"python\"\n\
+             retry_backoff_initial_seconds = 0.01\n{extra}\n[rrq.runners.python]\nmax_in_flight = 4\n"
+        );
+        Self::start_config(redis, &config, args, &[]).await
+    }
+
+    /// Starts the binary with `config` as its whole rrq.toml (the file names
+    /// a dead Redis on purpose: `RRQ_REDIS_DSN` must win), extra `args` and `env`.
+    pub async fn start_config(
+        redis: &Redis,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "rrq-test-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rrq.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rrq"))
+            .args(["worker", "run", "--config"])
+            .arg(&path)
+            .args(args)
+            .env("RRQ_REDIS_DSN", redis.dsn())
+            .env("RUST_LOG", "info,rrq=debug")
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[rrq] {line}");
+                if let Some(rest) = line.split("rrq orchestrator ready").nth(1) {
+                    let _ = tx.send(rest.to_owned());
+                }
+            }
+        });
+        let ready = tokio::task::spawn_blocking(move || rx.recv_timeout(WAIT))
+            .await
+            .unwrap()
+            .expect("orchestrator did not print its ready line");
+        let listen = ready
+            .split("listen=[")
+            .nth(1)
+            .and_then(|s| s.split(']').next())
+            .expect("ready line lists the listeners");
+        let addrs: std::collections::BTreeMap<String, String> = listen
+            .split(',')
+            .filter_map(|p| p.split_once('='))
+            .map(|(n, a)| (n.to_owned(), a.to_owned()))
+            .collect();
+        let addr = addrs.get("python").cloned().unwrap_or_default();
+        Self {
+            child,
+            dir,
+            addr,
+            addrs,
+        }
+    }
+}
+
+impl Drop for Orchestrator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A runner connected over the real protocol.
+pub struct TestRunner {
+    pub tx: mpsc::Sender<RunnerMessage>,
+    pub inbound: tonic::Streaming<OrchestratorMessage>,
+    /// Executions received but not yet consumed by `next_execution`.
+    pub pending: Vec<ExecutionRequest>,
+}
+
+impl TestRunner {
+    pub async fn connect(addr: &str, handlers: &[&str]) -> Self {
+        Self::connect_as(addr, "python", handlers).await
+    }
+
+    pub async fn connect_as(addr: &str, runner_name: &str, handlers: &[&str]) -> Self {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = RunnerServiceClient::new(channel);
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(RunnerMessage {
+            kind: Some(runner_message::Kind::Hello(RunnerHello {
+                protocol_version: 1,
+                runner_name: runner_name.into(),
+                language: "test".into(),
+                handlers: handlers.iter().map(|h| (*h).to_owned()).collect(),
+                max_in_flight: 4,
+                pid: std::process::id(),
+                process_token: String::new(),
+            })),
+        })
+        .await
+        .unwrap();
+        let mut inbound = client
+            .connect(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = tokio::time::timeout(WAIT, inbound.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match first.kind {
+            Some(orchestrator_message::Kind::HelloAck(ack)) => {
+                assert_eq!(ack.protocol_version, 1);
+                assert!(ack.heartbeat_interval_ms > 0);
+                assert_eq!(ack.max_result_bytes, 1_048_576);
+            }
+            other => panic!("expected hello_ack, got {other:?}"),
+        }
+        Self {
+            tx,
+            inbound,
+            pending: Vec::new(),
+        }
+    }
+
+    pub async fn next_execution(&mut self) -> ExecutionRequest {
+        loop {
+            if !self.pending.is_empty() {
+                return self.pending.remove(0);
+            }
+            let msg = tokio::time::timeout(WAIT, self.inbound.message())
+                .await
+                .expect("no execute arrived")
+                .unwrap()
+                .expect("stream ended");
+            if let Some(orchestrator_message::Kind::Execute(batch)) = msg.kind {
+                self.pending.extend(batch.requests);
+            }
+        }
+    }
+
+    pub async fn send(&self, job_id: &str, attempt: i64, result: outcome::Result) {
+        self.tx
+            .send(RunnerMessage {
+                kind: Some(runner_message::Kind::Outcomes(OutcomeBatch {
+                    outcomes: vec![Outcome {
+                        job_id: job_id.to_owned(),
+                        attempt,
+                        result: Some(result),
+                    }],
+                })),
+            })
+            .await
+            .unwrap();
+    }
+
+    pub async fn heartbeat(&self) {
+        self.tx
+            .send(RunnerMessage {
+                kind: Some(runner_message::Kind::Heartbeat(Heartbeat { in_flight: 0 })),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+pub fn job(queue: &str, id: &str, function: &str, max_retries: i64) -> EnqueueRequest {
+    EnqueueRequest {
+        id: id.into(),
+        function_name: function.into(),
+        queue: queue.into(),
+        params_json: r#"{"x": 1}"#.into(),
+        max_retries,
+        max_params_bytes: 1_048_576,
+        ..Default::default()
+    }
+}
+
+/// Waits for the job's terminal status on its done channel. Subscribe before
+/// enqueueing so the message cannot be missed.
+pub struct DoneWatch {
+    pub messages: redis::aio::PubSubStream,
+}
+
+impl DoneWatch {
+    pub async fn new(redis: &Redis, queue: &str, id: &str) -> Self {
+        let mut pubsub = redis.client().get_async_pubsub().await.unwrap();
+        pubsub
+            .subscribe(QueueKeys::new(queue).done_channel(id))
+            .await
+            .unwrap();
+        Self {
+            messages: pubsub.into_on_message(),
+        }
+    }
+
+    pub async fn wait(&mut self) -> i32 {
+        let msg = tokio::time::timeout(WAIT, self.messages.next())
+            .await
+            .expect("job did not reach a terminal status")
+            .unwrap();
+        msg.get_payload::<i32>().unwrap()
+    }
+}
+
+pub async fn job_field(store: &Store, queue: &str, id: &str, field: &str) -> String {
+    let v: Option<String> = redis::cmd("HGET")
+        .arg(QueueKeys::new(queue).job(id))
+        .arg(field)
+        .query_async(&mut store.connection())
+        .await
+        .unwrap();
+    v.unwrap_or_default()
+}
