@@ -11,7 +11,7 @@
 -- Returns {now_ms, next_due_in_ms, job...} where next_due_in_ms is the time until
 -- the earliest job still waiting (-1 when none waits) and each job is
 -- {id, attempt, function_name, params_json, max_retries, job_timeout_ms,
---  enqueued_at_ms, trace_parent, trace_state}.
+--  enqueued_at_ms, trace_parent, trace_state, run_at_ms}.
 --
 -- Guarantee: a claimed job's attempt is incremented (it is the fence token of
 -- this attempt), its status is ACTIVE and it sits in the active zset with a
@@ -41,7 +41,7 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', due_key, id)
   local f = redis.call('HMGET', key, 'status', 'attempt', 'function_name', 'params_json',
     'max_retries', 'job_timeout_ms', 'enqueued_at_ms', 'trace_parent', 'trace_state',
-    'debounce_key')
+    'debounce_key', 'run_at_ms')
   local status = tonumber(f[1])
   if status == STATUS_PENDING or status == STATUS_RETRYING then
     local attempt = (tonumber(f[2]) or 0) + 1
@@ -55,7 +55,7 @@ for _, id in ipairs(ids) do
       end
     end
     table.insert(result, {id, attempt, f[3], f[4], f[5] or '0', f[6] or '0', f[7] or '0',
-      f[8] or '', f[9] or ''})
+      f[8] or '', f[9] or '', f[11] or '0'})
   end
 end
 

@@ -141,6 +141,8 @@ pub struct ClaimedJob {
     pub trace_parent: String,
     /// W3C tracestate.
     pub trace_state: String,
+    /// When this attempt became due, epoch ms (Redis time).
+    pub run_at_ms: i64,
 }
 
 /// Answer of [`Store::claim`].
@@ -795,7 +797,8 @@ fn parse_claim(reply: Value) -> Result<Claim> {
             enq,
             tp,
             ts,
-        ] = fixed::<9>(S, array(S, job)?)?;
+            run_at,
+        ] = fixed::<10>(S, array(S, job)?)?;
         jobs.push(ClaimedJob {
             id: string(S, id)?,
             attempt: int(S, attempt)?,
@@ -806,6 +809,7 @@ fn parse_claim(reply: Value) -> Result<Claim> {
             enqueued_at_ms: int(S, enq)?,
             trace_parent: string(S, tp)?,
             trace_state: string(S, ts)?,
+            run_at_ms: int(S, run_at)?,
         });
     }
     Ok(Claim {
@@ -904,6 +908,7 @@ mod tests {
                 bulk("999"),
                 bulk(""),
                 bulk(""),
+                bulk("1000"),
             ]),
         ]);
         let claim = parse_claim(reply).unwrap();
@@ -913,6 +918,7 @@ mod tests {
         assert_eq!(claim.jobs[0].attempt, 1);
         assert_eq!(claim.jobs[0].max_retries, 3);
         assert_eq!(claim.jobs[0].enqueued_at_ms, 999);
+        assert_eq!(claim.jobs[0].run_at_ms, 1000);
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         clock.observe(now, sent, std::time::Instant::now());
         now
     };
-    let telemetry = Telemetry::from_env(clock.clone(), store.clone());
+    let telemetry = Telemetry::from_env(clock.clone());
 
     let fixed = !opts.queues.is_empty();
     let initial = if fixed {

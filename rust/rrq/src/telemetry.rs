@@ -27,7 +27,6 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
-use rrq_store::{QueueKeys, Store};
 use tracing::{info, warn};
 
 use crate::clock::RedisClock;
@@ -41,7 +40,6 @@ pub struct Telemetry {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     clock: Arc<RedisClock>,
-    store: Store,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -58,7 +56,7 @@ impl Telemetry {
     /// Builds the exporter when the OTel environment asks for one; `None`
     /// when it does not (or when it cannot be built: tracing is never a
     /// reason not to run jobs). Must run inside the Tokio runtime.
-    pub fn from_env(clock: Arc<RedisClock>, store: Store) -> Option<Arc<Self>> {
+    pub fn from_env(clock: Arc<RedisClock>) -> Option<Arc<Self>> {
         env("OTEL_EXPORTER_OTLP_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))?;
         if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             return None;
@@ -101,7 +99,6 @@ impl Telemetry {
             provider,
             tracer,
             clock,
-            store,
         }))
     }
 
@@ -129,40 +126,20 @@ impl Telemetry {
         let sent_ms = self.clock.now_ms().max(claim_ms);
 
         // wait: for a first attempt it starts at the enqueue; for a later one
-        // at this attempt's run time, which the claim does not return: read it
-        // (the claim leaves run_at_ms as it was) and record the span then.
-        let wait = self
+        // at this attempt's run time (its backoff ended then).
+        let wait_start = if c.job.attempt <= 1 {
+            c.job.enqueued_at_ms
+        } else {
+            c.job.run_at_ms
+        };
+        let span = self
             .tracer
             .span_builder(format!("wait {queue}"))
             .with_kind(SpanKind::Internal)
-            .with_attributes(common("wait", "receive"));
-        if c.job.attempt <= 1 {
-            let start = c.job.enqueued_at_ms.min(claim_ms);
-            let span = wait
-                .with_start_time(epoch(start))
-                .start_with_context(&self.tracer, &parent_cx);
-            span.end_at(claim_ms);
-        } else {
-            let store = self.store.clone();
-            let tracer = self.tracer.clone();
-            let key = QueueKeys::new(queue).job(&c.job.id);
-            let cx = parent_cx.clone();
-            let fallback = c.job.enqueued_at_ms;
-            tokio::spawn(async move {
-                let run_at: Option<i64> = redis::cmd("HGET")
-                    .arg(key)
-                    .arg("run_at_ms")
-                    .query_async(&mut store.connection())
-                    .await
-                    .ok()
-                    .flatten();
-                let start = run_at.unwrap_or(fallback).min(claim_ms);
-                let span = wait
-                    .with_start_time(epoch(start))
-                    .start_with_context(&tracer, &cx);
-                span.end_at(claim_ms);
-            });
-        }
+            .with_attributes(common("wait", "receive"))
+            .with_start_time(epoch(wait_start.min(claim_ms)))
+            .start_with_context(&self.tracer, &parent_cx);
+        span.end_at(claim_ms);
 
         let dispatch = self
             .tracer
