@@ -1,0 +1,573 @@
+/** The producer client: enqueue jobs, read their status, wait for their result. */
+import { randomBytes } from "node:crypto";
+import type { Redis } from "ioredis";
+
+import { type ClientConfig, type ClientConfigInput, loadConfig } from "./config.js";
+import {
+  DuplicateJobError,
+  InvalidOptionError,
+  InvalidParamsError,
+  JobNotFoundError,
+  PayloadTooLargeError,
+  WaitTimeoutError,
+} from "./errors.js";
+import { isTerminal, type JobResult } from "./job.js";
+import { encodeJson, JsonEncodeError, utf8Length } from "./json.js";
+import {
+  ENQUEUE_EXISTS,
+  ENQUEUE_RATE_LIMITED,
+  type EnqueueArgs,
+  type EnqueueReply,
+  type EnqueueRule,
+  type JobHash,
+  redisFromDsn,
+  Store,
+} from "./store.js";
+import { jobResultFromHash, jobStatusFromNumber } from "./wire.js";
+
+/** Options of every enqueue method. */
+export interface EnqueueOptions {
+  /** Handler parameters: a plain JSON object (default `{}`). */
+  readonly params?: Readonly<Record<string, unknown>> | null | undefined;
+  readonly queueName?: string | undefined;
+  /** Explicit job id (default: a new UUIDv7). Not with `enqueueWithDebounce`. */
+  readonly jobId?: string | undefined;
+  readonly maxRetries?: number | undefined;
+  readonly jobTimeoutSeconds?: number | undefined;
+  readonly resultTtlSeconds?: number | undefined;
+  readonly deferBySeconds?: number | undefined;
+  readonly deferUntil?: Date | undefined;
+  /** W3C traceparent to store with the job (what an OpenTelemetry integration sets). */
+  readonly traceParent?: string | undefined;
+  /** W3C tracestate that goes with traceParent. */
+  readonly traceState?: string | undefined;
+}
+
+export interface UniqueOptions extends EnqueueOptions {
+  /** How long the unique key holds (default `default_unique_job_lock_ttl_seconds`). */
+  readonly uniqueTtlSeconds?: number | undefined;
+}
+
+export interface RateLimitOptions extends EnqueueOptions {
+  readonly rateLimitKey: string;
+  readonly rateLimitSeconds: number;
+}
+
+export interface DebounceOptions extends Omit<EnqueueOptions, "jobId"> {
+  readonly debounceKey: string;
+  readonly debounceSeconds: number;
+  readonly debounceMaxWaitSeconds?: number | undefined;
+}
+
+export interface RRQClientOptions {
+  /** Path of an rrq.toml whose `[rrq]` table configures the client. */
+  readonly configPath?: string | undefined;
+  /** Settings in code (instead of a file). */
+  readonly config?: ClientConfigInput | undefined;
+  /** Redis DSN; overrides the configuration's and `$RRQ_REDIS_DSN`. */
+  readonly redisDsn?: string | undefined;
+}
+
+export interface WaitOptions {
+  /** Give up (WaitTimeoutError) after this many seconds; default: wait forever. */
+  readonly timeoutSeconds?: number | undefined;
+}
+
+export const ENQUEUE_OPTIONS: ReadonlySet<string> = new Set([
+  "params",
+  "queueName",
+  "jobId",
+  "maxRetries",
+  "jobTimeoutSeconds",
+  "resultTtlSeconds",
+  "deferBySeconds",
+  "deferUntil",
+  "traceParent",
+  "traceState",
+]);
+export const UNIQUE_OPTIONS: ReadonlySet<string> = new Set(["uniqueTtlSeconds"]);
+export const RATE_LIMIT_OPTIONS: ReadonlySet<string> = new Set(["rateLimitKey", "rateLimitSeconds"]);
+export const DEBOUNCE_OPTIONS: ReadonlySet<string> = new Set([
+  "debounceKey",
+  "debounceSeconds",
+  "debounceMaxWaitSeconds",
+]);
+
+type Rule = EnqueueRule;
+
+const RULE_OF_OPTION: ReadonlyMap<string, Exclude<Rule, "">> = new Map([
+  ...[...UNIQUE_OPTIONS].map((o): [string, "unique"] => [o, "unique"]),
+  ...[...RATE_LIMIT_OPTIONS].map((o): [string, "rate_limit"] => [o, "rate_limit"]),
+  ...[...DEBOUNCE_OPTIONS].map((o): [string, "debounce"] => [o, "debounce"]),
+]);
+const METHOD_OF_RULE: Readonly<Record<Rule, string>> = {
+  "": "enqueue",
+  unique: "enqueueWithUniqueKey",
+  rate_limit: "enqueueWithRateLimit",
+  debounce: "enqueueWithDebounce",
+};
+const OPTIONS_OF_RULE: Readonly<Record<Rule, ReadonlySet<string>>> = {
+  "": ENQUEUE_OPTIONS,
+  unique: new Set([...ENQUEUE_OPTIONS, ...UNIQUE_OPTIONS]),
+  rate_limit: new Set([...ENQUEUE_OPTIONS, ...RATE_LIMIT_OPTIONS]),
+  debounce: new Set([...[...ENQUEUE_OPTIONS].filter((o) => o !== "jobId"), ...DEBOUNCE_OPTIONS]),
+};
+
+const CANCEL_REASON = "cancelled on request";
+// How many job id -> queue entries the client remembers for its own jobs.
+const QUEUE_CACHE_SIZE = 10_000;
+
+/** A UUIDv7 (RFC 9562): 48-bit Unix ms timestamp, version 7, 74 random bits. */
+export function uuid7(): string {
+  const bytes = randomBytes(16);
+  const ms = Date.now();
+  bytes.writeUIntBE(ms, 0, 6);
+  bytes[6] = 0x70 | ((bytes[6] ?? 0) & 0x0f);
+  bytes[8] = 0x80 | ((bytes[8] ?? 0) & 0x3f);
+  const hex = bytes.toString("hex");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+function show(value: unknown): string {
+  if (typeof value === "bigint") return `${value}n`;
+  if (typeof value === "function") return "a function";
+  if (value instanceof Date) return Number.isNaN(value.getTime()) ? "Invalid Date" : `Date(${value.toISOString()})`;
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}
+
+/** Python's round(): halves go to the even neighbour (byte parity of stored ms). */
+function roundHalfEven(value: number): number {
+  const floor = Math.floor(value);
+  const diff = value - floor;
+  if (diff > 0.5) return floor + 1;
+  if (diff < 0.5) return floor;
+  return floor % 2 === 0 ? floor : floor + 1;
+}
+
+function secondsToMs(name: string, value: unknown, positive: boolean): number {
+  if (typeof value !== "number") {
+    throw new InvalidOptionError(`${name} must be a number of seconds, got ${show(value)}`, name);
+  }
+  if (!Number.isFinite(value) || value < 0 || (positive && value === 0)) {
+    const bound = positive ? "positive" : "non-negative";
+    throw new InvalidOptionError(`${name} must be a finite ${bound} number, got ${show(value)}`, name);
+  }
+  const ms = roundHalfEven(value * 1000);
+  if (positive && ms === 0) {
+    throw new InvalidOptionError(`${name} must be at least 0.001, got ${show(value)}`, name);
+  }
+  return ms;
+}
+
+function dateToMs(value: unknown): number {
+  if (!(value instanceof Date) || Number.isNaN(value.getTime())) {
+    throw new InvalidOptionError(`deferUntil must be a valid Date, got ${show(value)}`, "deferUntil");
+  }
+  const ms = Math.floor(value.getTime());
+  if (ms < 0) {
+    throw new InvalidOptionError(`deferUntil must not be before 1970, got ${show(value)}`, "deferUntil");
+  }
+  return ms;
+}
+
+function nonEmptyString(name: string, value: unknown): string {
+  if (typeof value !== "string" || value === "") {
+    throw new InvalidOptionError(`${name} must be a non-empty string, got ${show(value)}`, name);
+  }
+  return value;
+}
+
+function optionalString(name: string, value: unknown): string {
+  if (value === undefined || value === null) return "";
+  if (typeof value !== "string") {
+    throw new InvalidOptionError(`${name} must be a string, got ${show(value)}`, name);
+  }
+  return value;
+}
+
+type Options = Readonly<Record<string, unknown>>;
+
+/** Rejects unknown options, and rule options given to the wrong method. */
+function checkOptionNames(rule: Rule, options: unknown): Options {
+  const method = METHOD_OF_RULE[rule];
+  if (typeof options !== "object" || options === null || Array.isArray(options)) {
+    throw new InvalidOptionError(`options must be an object, got ${show(options)}`, "options");
+  }
+  const names = Object.keys(options).sort();
+  const allowed = OPTIONS_OF_RULE[rule];
+  const foreign = names.filter((key) => RULE_OF_OPTION.has(key) && !allowed.has(key));
+  const first = foreign[0];
+  if (first !== undefined) {
+    const owner = METHOD_OF_RULE[RULE_OF_OPTION.get(first) ?? ""];
+    const combined = rule
+      ? " (one call applies at most one of the unique, rate-limit and debounce rules)"
+      : "";
+    throw new InvalidOptionError(`${first} is an option of ${owner}(), not of ${method}()${combined}`, first);
+  }
+  if (rule === "debounce" && names.includes("jobId")) {
+    throw new InvalidOptionError(
+      "jobId cannot be combined with enqueueWithDebounce(): the debounce window decides the job id",
+      "jobId",
+    );
+  }
+  const unknown = names.filter((key) => !allowed.has(key));
+  if (unknown.length > 0) {
+    throw new InvalidOptionError(
+      `unknown ${method}() option(s): ${unknown.join(", ")}; known options are ${[...allowed].sort().join(", ")}`,
+      unknown[0],
+    );
+  }
+  return options as Options;
+}
+
+const isSet = (value: unknown): boolean => value !== undefined && value !== null;
+
+/** A promise with its resolve function (Promise.withResolvers needs Node 22). */
+function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve: () => void = () => undefined;
+  const promise = new Promise<void>((r) => {
+    resolve = r;
+  });
+  return { promise, resolve };
+}
+
+/**
+ * Enqueues jobs and reads their status.
+ *
+ * The configuration comes from `config` (camelCase keys), `configPath` (an
+ * rrq.toml), else `$RRQ_CONFIG` or `./rrq.toml` when present, else the
+ * defaults; `$RRQ_REDIS_DSN` overrides `redis_dsn`, and `redisDsn` overrides
+ * both. The constructor does no I/O: Redis is connected on first use.
+ */
+export class RRQClient {
+  readonly config: ClientConfig;
+  #redis: Redis | null = null;
+  #store: Store | null = null;
+  readonly #registeredQueues = new Set<string>();
+  readonly #jobQueues = new Map<string, string>();
+
+  constructor(options: RRQClientOptions = {}) {
+    const config = loadConfig({ configPath: options.configPath, config: options.config });
+    this.config = options.redisDsn ? { ...config, redisDsn: options.redisDsn } : config;
+  }
+
+  /** The Redis store (connects lazily). */
+  get store(): Store {
+    if (this.#store === null) {
+      this.#redis = redisFromDsn(this.config.redisDsn);
+      this.#store = new Store(this.#redis);
+    }
+    return this.#store;
+  }
+
+  /** Closes the Redis connection; the client reconnects if used again. */
+  async close(): Promise<void> {
+    const redis = this.#redis;
+    this.#redis = null;
+    this.#store = null;
+    this.#registeredQueues.clear();
+    if (redis !== null) {
+      try {
+        await redis.quit();
+      } catch {
+        redis.disconnect();
+      }
+    }
+  }
+
+  // --- enqueue ----------------------------------------------------------------
+
+  /** Validates everything before anything is written. */
+  #buildArgs(rule: Rule, functionName: unknown, rawOptions: unknown): [EnqueueArgs, Options] {
+    const options = checkOptionNames(rule, rawOptions ?? {});
+    const fn = nonEmptyString("functionName", functionName);
+
+    let params = options["params"];
+    if (params === undefined || params === null) params = {};
+    if (typeof params !== "object" || params === null || Array.isArray(params)) {
+      throw new InvalidParamsError(`params must be an object, got ${Array.isArray(params) ? "an array" : show(params)}`);
+    }
+    let paramsJson: string;
+    try {
+      paramsJson = encodeJson(params, { undefinedValues: "error" });
+    } catch (error) {
+      if (error instanceof JsonEncodeError) {
+        throw new InvalidParamsError(`params are not JSON-serializable: ${error.message}`);
+      }
+      throw error;
+    }
+    const size = utf8Length(paramsJson);
+    const limit = this.config.maxPayloadBytes;
+    if (size > limit) {
+      throw new PayloadTooLargeError(
+        `params are ${size} bytes of JSON, the limit (max_payload_bytes) is ${limit}`,
+        size,
+        limit,
+      );
+    }
+
+    const rawQueue = options["queueName"];
+    const queue = nonEmptyString("queueName", isSet(rawQueue) ? rawQueue : this.config.defaultQueueName);
+    if (queue.includes("{") || queue.includes("}")) {
+      throw new InvalidOptionError(`queueName must not contain braces, got ${show(queue)}`, "queueName");
+    }
+    const rawId = options["jobId"];
+    const jobId = isSet(rawId) ? nonEmptyString("jobId", rawId) : uuid7();
+
+    let maxRetries = options["maxRetries"];
+    if (!isSet(maxRetries)) maxRetries = this.config.defaultMaxRetries;
+    if (typeof maxRetries !== "number" || !Number.isSafeInteger(maxRetries) || maxRetries < 0) {
+      throw new InvalidOptionError(
+        `maxRetries must be a non-negative integer, got ${show(maxRetries)}`,
+        "maxRetries",
+      );
+    }
+
+    const ms = (name: string, positive: boolean): number => {
+      const value = options[name];
+      return isSet(value) ? secondsToMs(name, value, positive) : 0;
+    };
+    const jobTimeoutMs = ms("jobTimeoutSeconds", true);
+    const resultTtlMs = ms("resultTtlSeconds", true);
+    const deferMs = ms("deferBySeconds", false);
+    const deferUntil = options["deferUntil"];
+    if (isSet(deferUntil) && isSet(options["deferBySeconds"])) {
+      throw new InvalidOptionError("pass either deferBySeconds or deferUntil, not both", "deferUntil");
+    }
+    const runAtMs = isSet(deferUntil) ? dateToMs(deferUntil) : 0;
+    const traceParent = optionalString("traceParent", options["traceParent"]);
+    const traceState = optionalString("traceState", options["traceState"]);
+
+    const args: EnqueueArgs = {
+      jobId,
+      functionName: fn,
+      queueName: queue,
+      paramsJson,
+      maxRetries,
+      jobTimeoutMs,
+      resultTtlMs,
+      deferMs,
+      runAtMs,
+      maxParamsBytes: limit,
+      traceParent,
+      traceState,
+      rule: "",
+      ruleKey: "",
+      ruleWindowMs: 0,
+      debounceMaxWaitMs: 0,
+    };
+    return [args, options];
+  }
+
+  /** Runs enqueue.lua for validated args. */
+  async #submit(args: EnqueueArgs, explicitId: boolean): Promise<EnqueueReply> {
+    const store = this.store;
+    if (explicitId) {
+      const others = (await store.queues()).filter((q) => q !== args.queueName);
+      const found = await store.findStatus(args.jobId, others);
+      if (found !== null) {
+        const [queue, number] = found;
+        throw new DuplicateJobError(args.jobId, jobStatusFromNumber(number), queue);
+      }
+    }
+    const register = !this.#registeredQueues.has(args.queueName);
+    const reply = await store.enqueue(args, register);
+    this.#registeredQueues.add(args.queueName);
+    if (reply.code === ENQUEUE_EXISTS) {
+      throw new DuplicateJobError(args.jobId, jobStatusFromNumber(reply.value), args.queueName);
+    }
+    if (reply.jobId) this.#remember(reply.jobId, args.queueName);
+    return reply;
+  }
+
+  /**
+   * Enqueues a job and returns its id. Throws InvalidOptionError,
+   * InvalidParamsError or PayloadTooLargeError (nothing written), or
+   * DuplicateJobError when an explicit `jobId` already exists in any queue.
+   */
+  async enqueue(functionName: string, options: EnqueueOptions = {}): Promise<string> {
+    const [args, opts] = this.#buildArgs("", functionName, options);
+    const reply = await this.#submit(args, isSet(opts["jobId"]));
+    return reply.jobId;
+  }
+
+  /**
+   * Enqueues a job unless `uniqueKey` is held (per queue); returns the holder's id.
+   *
+   * The first call writes the job and holds the key for `uniqueTtlSeconds`;
+   * within that time every further call writes nothing and returns the first
+   * job's id, even after that job finished.
+   */
+  async enqueueWithUniqueKey(
+    functionName: string,
+    uniqueKey: string,
+    options: UniqueOptions = {},
+  ): Promise<string> {
+    const [args, opts] = this.#buildArgs("unique", functionName, options);
+    const key = nonEmptyString("uniqueKey", uniqueKey);
+    let ttl = opts["uniqueTtlSeconds"];
+    if (!isSet(ttl)) ttl = this.config.defaultUniqueJobLockTtlSeconds;
+    const ttlMs = secondsToMs("uniqueTtlSeconds", ttl, true);
+    const reply = await this.#submit(
+      { ...args, rule: "unique", ruleKey: key, ruleWindowMs: ttlMs },
+      isSet(opts["jobId"]),
+    );
+    return reply.jobId;
+  }
+
+  /**
+   * Enqueues a job unless its rate-limit window is closed; returns its id, or
+   * null (nothing written) inside the window.
+   */
+  async enqueueWithRateLimit(functionName: string, options: RateLimitOptions): Promise<string | null> {
+    const [args, opts] = this.#buildArgs("rate_limit", functionName, options);
+    const key = nonEmptyString("rateLimitKey", opts["rateLimitKey"]);
+    if (!isSet(opts["rateLimitSeconds"])) {
+      throw new InvalidOptionError("rateLimitSeconds is required", "rateLimitSeconds");
+    }
+    const windowMs = secondsToMs("rateLimitSeconds", opts["rateLimitSeconds"], true);
+    const reply = await this.#submit(
+      { ...args, rule: "rate_limit", ruleKey: key, ruleWindowMs: windowMs },
+      isSet(opts["jobId"]),
+    );
+    return reply.code === ENQUEUE_RATE_LIMITED ? null : reply.jobId;
+  }
+
+  /**
+   * Enqueues a debounced job: only the last call in a window runs. Every call
+   * in a window returns the same id; the waiting job takes the newest params
+   * and runs `debounceSeconds` after the last call, but never later than
+   * `debounceMaxWaitSeconds` after the first.
+   */
+  async enqueueWithDebounce(functionName: string, options: DebounceOptions): Promise<string> {
+    const [args, opts] = this.#buildArgs("debounce", functionName, options);
+    const key = nonEmptyString("debounceKey", opts["debounceKey"]);
+    if (!isSet(opts["debounceSeconds"])) {
+      throw new InvalidOptionError("debounceSeconds is required", "debounceSeconds");
+    }
+    const windowMs = secondsToMs("debounceSeconds", opts["debounceSeconds"], true);
+    let maxWaitMs = 0;
+    if (isSet(opts["debounceMaxWaitSeconds"])) {
+      maxWaitMs = secondsToMs("debounceMaxWaitSeconds", opts["debounceMaxWaitSeconds"], true);
+      if (maxWaitMs < windowMs) {
+        throw new InvalidOptionError(
+          `debounceMaxWaitSeconds must be at least debounceSeconds, got ${show(opts["debounceMaxWaitSeconds"])} < ${show(opts["debounceSeconds"])}`,
+          "debounceMaxWaitSeconds",
+        );
+      }
+    }
+    const reply = await this.#submit(
+      { ...args, rule: "debounce", ruleKey: key, ruleWindowMs: windowMs, debounceMaxWaitMs: maxWaitMs },
+      false,
+    );
+    return reply.jobId;
+  }
+
+  // --- status -----------------------------------------------------------------
+
+  #remember(jobId: string, queue: string): void {
+    this.#jobQueues.delete(jobId);
+    this.#jobQueues.set(jobId, queue);
+    while (this.#jobQueues.size > QUEUE_CACHE_SIZE) {
+      const oldest = this.#jobQueues.keys().next();
+      if (oldest.done) break;
+      this.#jobQueues.delete(oldest.value);
+    }
+  }
+
+  /** The job's queue and record: the cached queue first, else every queue. */
+  async #locate(jobId: string): Promise<[string, JobHash] | null> {
+    const store = this.store;
+    const queue = this.#jobQueues.get(jobId);
+    if (queue !== undefined) {
+      const fields = await store.getJob(queue, jobId);
+      if (fields !== null) return [queue, fields];
+    }
+    const found = await store.findJob(jobId, await store.queues());
+    if (found !== null) this.#remember(jobId, found[0]);
+    return found;
+  }
+
+  /** The job's current record, or null when no such job exists (or it expired). */
+  async getJobStatus(jobId: string): Promise<JobResult | null> {
+    nonEmptyString("jobId", jobId);
+    const found = await this.#locate(jobId);
+    return found === null ? null : jobResultFromHash(found[1]);
+  }
+
+  /**
+   * Waits until the job is terminal (COMPLETED, FAILED or CANCELLED).
+   *
+   * Subscribes to the job's done channel before reading its status, so a
+   * transition between the two cannot be missed, then waits for the message
+   * without polling. Throws JobNotFoundError for an unknown id and
+   * WaitTimeoutError when `timeoutSeconds` pass first.
+   */
+  async waitForResult(jobId: string, options: WaitOptions = {}): Promise<JobResult> {
+    nonEmptyString("jobId", jobId);
+    const { timeoutSeconds } = options;
+    if (timeoutSeconds !== undefined) secondsToMs("timeoutSeconds", timeoutSeconds, false);
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<never>((_, reject) => {
+      if (timeoutSeconds !== undefined) {
+        timer = setTimeout(() => reject(new WaitTimeoutError(jobId, timeoutSeconds)), timeoutSeconds * 1000);
+      }
+    });
+    timedOut.catch(() => undefined);
+    const within = <T>(promise: Promise<T>): Promise<T> => Promise.race([promise, timedOut]);
+
+    let subscribing: Promise<Redis> | undefined;
+    try {
+      const found = await within(this.#locate(jobId));
+      if (found === null) throw new JobNotFoundError(jobId);
+      const [queue] = found;
+      const store = this.store;
+      let wake = deferred();
+      subscribing = store.subscribeDone(queue, jobId, () => wake.resolve());
+      await within(subscribing);
+      for (;;) {
+        const waiting = wake.promise;
+        const fields = await within(store.getJob(queue, jobId));
+        if (fields === null) throw new JobNotFoundError(jobId);
+        const result = jobResultFromHash(fields);
+        if (isTerminal(result.status)) return result;
+        await within(waiting);
+        wake = deferred();
+      }
+    } finally {
+      clearTimeout(timer);
+      subscribing?.then(
+        (subscriber) => subscriber.disconnect(),
+        () => undefined,
+      );
+    }
+  }
+
+  // --- cancellation -------------------------------------------------------------
+
+  /**
+   * Cancels a job that has not finished; returns whether it will end CANCELLED.
+   *
+   * A waiting job becomes CANCELLED at once. A running job is marked
+   * `cancel_requested` and its orchestrator cancels the handler (it ends
+   * CANCELLED, or COMPLETED if the handler finished first). A finished job is
+   * left as it is: false. Throws JobNotFoundError for an unknown id.
+   */
+  async cancel(jobId: string): Promise<boolean> {
+    nonEmptyString("jobId", jobId);
+    const found = await this.#locate(jobId);
+    if (found === null) throw new JobNotFoundError(jobId);
+    const [code] = await this.store.cancel(
+      found[0],
+      jobId,
+      CANCEL_REASON,
+      roundHalfEven(this.config.defaultResultTtlSeconds * 1000),
+    );
+    if (code === -1) throw new JobNotFoundError(jobId);
+    return code > 0;
+  }
+}

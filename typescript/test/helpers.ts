@@ -1,0 +1,197 @@
+/**
+ * Test harness: a private redis-server per test file and the real orchestrator
+ * binary spawning rrq-ts-runner. Nothing is mocked; nothing sleeps to
+ * synchronise: tests wait on process output lines, files and job results.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync, mkdtempSync, watch, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const PACKAGE_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+export const REPO_DIR = resolve(PACKAGE_DIR, "..");
+
+export function tempDir(prefix = "rrq-ts-"): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const server = createServer();
+    server.once("error", rej);
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      const port = typeof address === "object" && address !== null ? address.port : 0;
+      server.close(() => res(port));
+    });
+  });
+}
+
+/** Collects a child's output and resolves waiters when a line matches. */
+export class OutputWatcher {
+  text = "";
+  #waiters: { pattern: RegExp; count: number; resolve: () => void }[] = [];
+
+  attach(child: ChildProcess): void {
+    const onData = (chunk: Buffer): void => {
+      this.text += chunk.toString("utf8");
+      this.#check();
+    };
+    child.stdout?.on("data", onData);
+    child.stderr?.on("data", onData);
+  }
+
+  #check(): void {
+    this.#waiters = this.#waiters.filter((w) => {
+      const matches = this.text.match(new RegExp(w.pattern.source, "g"))?.length ?? 0;
+      if (matches >= w.count) {
+        w.resolve();
+        return false;
+      }
+      return true;
+    });
+  }
+
+  /** Resolves once `pattern` occurred `count` times; rejects after `timeoutMs`. */
+  waitFor(pattern: RegExp, count = 1, timeoutMs = 20_000): Promise<void> {
+    return new Promise((res, rej) => {
+      const timer = setTimeout(
+        () => rej(new Error(`timed out waiting for ${pattern} x${count}; output:\n${this.text}`)),
+        timeoutMs,
+      );
+      this.#waiters.push({
+        pattern,
+        count,
+        resolve: () => {
+          clearTimeout(timer);
+          res();
+        },
+      });
+      this.#check();
+    });
+  }
+}
+
+export interface RedisServer {
+  readonly dsn: string;
+  readonly port: number;
+  stop(): Promise<void>;
+}
+
+export async function startRedis(): Promise<RedisServer> {
+  const port = await freePort();
+  const dir = tempDir("rrq-ts-redis-");
+  const child = spawn(
+    "redis-server",
+    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir],
+    { stdio: ["ignore", "pipe", "pipe"] },
+  );
+  const output = new OutputWatcher();
+  output.attach(child);
+  await output.waitFor(/Ready to accept connections/);
+  return {
+    dsn: `redis://127.0.0.1:${port}/0`,
+    port,
+    stop: async () => {
+      await stopChild(child, "SIGKILL");
+    },
+  };
+}
+
+export async function stopChild(child: ChildProcess, signal: NodeJS.Signals = "SIGTERM"): Promise<number | null> {
+  if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+  return new Promise((res) => {
+    child.once("exit", (code) => res(code));
+    child.kill(signal);
+  });
+}
+
+export function orchestratorBinary(): string {
+  const bin = resolve(process.env["RRQ_BIN"] ?? join(REPO_DIR, "rust", "target", "debug", "rrq"));
+  if (!existsSync(bin)) {
+    throw new Error(`orchestrator binary not found at ${bin}: build it (cd rust && cargo build -p rrq) or set RRQ_BIN`);
+  }
+  return bin;
+}
+
+export const TIMINGS = `lease_seconds = 2
+lease_renew_interval_seconds = 0.5
+recovery_interval_seconds = 0.5
+runner_heartbeat_interval_seconds = 0.5
+cancel_grace_seconds = 1
+shutdown_grace_seconds = 3
+retry_backoff_initial_seconds = 0.05
+retry_backoff_max_seconds = 0.2
+`;
+
+export interface OrchestratorOptions {
+  readonly redisDsn: string;
+  readonly maxInFlight?: number;
+  /** Settings module for rrq-ts-runner, relative to the package directory. */
+  readonly settings?: string;
+  readonly extraToml?: string;
+  /** Run the built dist/ runner instead of the sources through tsx. */
+  readonly useDist?: boolean;
+}
+
+export interface Orchestrator {
+  readonly output: OutputWatcher;
+  readonly child: ChildProcess;
+  readonly configPath: string;
+  stop(): Promise<number | null>;
+}
+
+/** Starts `rrq worker run` with one TypeScript runner and waits until it connected. */
+export async function startOrchestrator(options: OrchestratorOptions): Promise<Orchestrator> {
+  const dir = tempDir("rrq-ts-orch-");
+  const port = await freePort();
+  const settings = options.settings ?? "test/fixtures/test-runner.ts";
+  const cmd = options.useDist
+    ? ["node", join(PACKAGE_DIR, "dist", "bin", "rrq-ts-runner.js"), "--settings", settings]
+    : ["node", "--import", "tsx", join(PACKAGE_DIR, "src", "bin", "rrq-ts-runner.ts"), "--settings", settings];
+  const configPath = join(dir, "rrq.toml");
+  writeFileSync(
+    configPath,
+    `[rrq]
+redis_dsn = "${options.redisDsn}"
+default_runner_name = "typescript"
+${TIMINGS}${options.extraToml ?? ""}
+[rrq.runners.typescript]
+type = "socket"
+cmd = [${cmd.map((part) => JSON.stringify(part)).join(", ")}]
+tcp_socket = "127.0.0.1:${port}"
+max_in_flight = ${options.maxInFlight ?? 4}
+cwd = ${JSON.stringify(PACKAGE_DIR)}
+`,
+  );
+  const child = spawn(orchestratorBinary(), ["worker", "run", "--config", configPath], {
+    cwd: dir,
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, RUST_LOG: process.env["RUST_LOG"] ?? "info" },
+  });
+  const output = new OutputWatcher();
+  output.attach(child);
+  await output.waitFor(/runner connected/);
+  return { output, child, configPath, stop: () => stopChild(child, "SIGTERM") };
+}
+
+/** Resolves when `path` exists (watching its directory; no polling loop). */
+export function waitForFile(path: string, timeoutMs = 20_000): Promise<void> {
+  return new Promise((res, rej) => {
+    const dir = dirname(path);
+    const watcher = watch(dir);
+    const done = (error?: Error): void => {
+      clearTimeout(timer);
+      watcher.close();
+      if (error) rej(error);
+      else res();
+    };
+    const timer = setTimeout(() => done(new Error(`timed out waiting for ${path}`)), timeoutMs);
+    watcher.on("change", () => {
+      if (existsSync(path)) done();
+    });
+    if (existsSync(path)) done();
+  });
+}
