@@ -1,8 +1,10 @@
 """RRQ benchmark: drain throughput, enqueue rate, idle pickup latency, memory.
 
 Run with `make bench`. Each figure is measured against a private Redis and the
-real orchestrator and Python runner processes; nothing is asserted, the numbers
-are printed as a table and written to bench-results/bench.json.
+real orchestrator and runner processes; nothing is asserted, the numbers are
+printed as a table and written to bench-results/bench.json. The Python runner
+gets every figure; the TypeScript and Rust runners (their conformance fixture
+programs, handler `echo`) get the drain rate and their memory.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
+import yaml
 
 from rrq.client import RRQClient
 from rrq.testing import Orchestrator, RedisServer, find_rrq_binary
@@ -47,22 +50,47 @@ settings = PythonRunnerSettings(registry=registry)
 """
 
 
-def write_config(workdir: Path, dsn: str, max_in_flight: int) -> Path:
-    (workdir / "bench_handlers.py").write_text(textwrap.dedent(HANDLERS))
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "conformance-tests" / "runners"
+
+
+def write_config(
+    workdir: Path,
+    dsn: str,
+    max_in_flight: int,
+    cmd: list[str] | None = None,
+    cwd: Path | None = None,
+) -> Path:
+    """rrq.toml with one runner: the bench's Python handlers, or `cmd` run in `cwd`."""
+    if cmd is None:
+        (workdir / "bench_handlers.py").write_text(textwrap.dedent(HANDLERS))
+        cmd = [sys.executable, "-m", "rrq.runner_cli", "--settings", "bench_handlers:settings"]
+        cwd = workdir
     config = workdir / "rrq.toml"
     config.write_text(
         textwrap.dedent(f"""\
         [rrq]
         redis_dsn = "{dsn}"
-        default_runner_name = "python"
+        default_runner_name = "bench"
 
-        [rrq.runners.python]
-        cmd = ["{sys.executable}", "-m", "rrq.runner_cli", "--settings", "bench_handlers:settings"]
+        [rrq.runners.bench]
+        cmd = {json.dumps(cmd)}
+        cwd = {json.dumps(str(cwd))}
         pool_size = 1
         max_in_flight = {max_in_flight}
         """)
     )
     return config
+
+
+def fixture_runner(language: str) -> tuple[list[str], Path]:
+    """Builds a language's conformance fixture and returns its runner command and folder."""
+    folder = FIXTURES / language
+    spec = yaml.safe_load((folder / "features.yaml").read_text())
+    if spec.get("build"):
+        subprocess.run(spec["build"], cwd=folder, check=True)
+    cmd = [part.replace("{python}", sys.executable) for part in spec["runner_cmd"]]
+    return cmd, folder
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -129,6 +157,29 @@ async def pickup_latencies(config: Path, count: int) -> list[float]:
     return latencies
 
 
+def drain_only(workdir: Path, language: str, jobs: int, max_in_flight: int) -> dict[str, float]:
+    """Drain rate and memory of one runner process of `language` (its fixture's `echo`)."""
+    cmd, folder = fixture_runner(language)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with RedisServer(workdir / "redis") as redis_server:
+        config = write_config(workdir, redis_server.dsn, max_in_flight, cmd, folder)
+        ids, _ = asyncio.run(enqueue_many(config, jobs, "echo"))
+        with Orchestrator(find_rrq_binary(), config, cwd=workdir) as orch:
+            orch.wait_for_runners(1)
+            asyncio.run(wait_drained(redis_server.dsn))
+            window_ms = asyncio.run(drain_window_ms(redis_server.dsn, ids))
+            assert orch.process is not None
+            runners = child_pids(orch.process.pid)
+            figures = {
+                f"{language}_drain_jobs_per_s": jobs / (window_ms / 1000),
+                f"{language}_runner_peak_rss_mb": max(
+                    (peak_rss_mb(p) for p in runners), default=float("nan")
+                ),
+            }
+            orch.stop()
+    return figures
+
+
 def run_once(workdir: Path, jobs: int, max_in_flight: int, latency_jobs: int) -> dict[str, float]:
     workdir.mkdir(parents=True, exist_ok=True)
     with RedisServer(workdir / "redis") as redis_server:
@@ -142,13 +193,15 @@ def run_once(workdir: Path, jobs: int, max_in_flight: int, latency_jobs: int) ->
             assert orch.process is not None
             runners = child_pids(orch.process.pid)
             figures = {
-                "drain_jobs_per_s": jobs / (window_ms / 1000),
+                "python_drain_jobs_per_s": jobs / (window_ms / 1000),
                 "enqueue_jobs_per_s": jobs / enqueue_s,
                 "pickup_p50_ms": percentile(latencies, 0.50),
                 "pickup_p99_ms": percentile(latencies, 0.99),
                 "pickup_max_ms": max(latencies),
                 "orchestrator_peak_rss_mb": peak_rss_mb(orch.process.pid),
-                "runner_peak_rss_mb": max((peak_rss_mb(p) for p in runners), default=float("nan")),
+                "python_runner_peak_rss_mb": max(
+                    (peak_rss_mb(p) for p in runners), default=float("nan")
+                ),
             }
             orch.stop()
     return figures
@@ -164,6 +217,11 @@ def main() -> int:
     parser.add_argument("--latency-jobs", type=int, default=300, help="jobs timed for idle pickup")
     parser.add_argument("--max-in-flight", type=int, default=256, help="runner max_in_flight")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--languages",
+        default="typescript,rust",
+        help="other runner languages whose drain rate is measured ('' for none)",
+    )
     args = parser.parse_args()
 
     root = Path(__file__).resolve().parent.parent
@@ -179,10 +237,15 @@ def main() -> int:
         f"max_in_flight={args.max_in_flight}"
     )
 
-    runs = [
-        run_once(out_dir / f"run-{i}", args.jobs, args.max_in_flight, args.latency_jobs)
-        for i in range(args.runs)
-    ]
+    languages = [lang for lang in args.languages.split(",") if lang]
+    runs = []
+    for i in range(args.runs):
+        figures = run_once(out_dir / f"run-{i}", args.jobs, args.max_in_flight, args.latency_jobs)
+        for language in languages:
+            figures |= drain_only(
+                out_dir / f"run-{i}-{language}", language, args.jobs, args.max_in_flight
+            )
+        runs.append(figures)
     print(f"\n{'figure':<28}{'median':>12}{'min':>12}{'max':>12}")
     summary = {}
     for key in runs[0]:
