@@ -320,79 +320,51 @@ impl Store {
     /// Writes a new job and schedules it (`enqueue.lua`), and registers its
     /// queue in `rrq:queues` as producers do.
     pub async fn enqueue(&self, req: &EnqueueRequest) -> Result<Enqueued> {
-        let k = QueueKeys::new(&req.queue);
         let mut conn = self.conn.clone();
-        let mut inv = ENQUEUE.key(k.job(&req.id));
-        inv.key(k.due());
-        let (rule, rule_key, window, max_wait) = match &req.rule {
-            None => ("", "", 0, 0),
-            Some(EnqueueRule::Unique { key, ttl_ms }) => {
-                inv.key(k.unique(key)).key(k.job_prefix());
-                ("unique", key.as_str(), *ttl_ms, 0)
-            }
-            Some(EnqueueRule::RateLimit { key, window_ms }) => {
-                inv.key(k.rate_limit(key));
-                ("rate_limit", key.as_str(), *window_ms, 0)
-            }
-            Some(EnqueueRule::Debounce {
-                key,
-                delay_ms,
-                max_wait_ms,
-            }) => {
-                inv.key(k.debounce(key)).key(k.job_prefix());
-                ("debounce", key.as_str(), *delay_ms, *max_wait_ms)
-            }
-        };
-        let reply: Value = inv
-            .arg(&req.id)
-            .arg(&req.function_name)
-            .arg(&req.queue)
-            .arg(&req.params_json)
-            .arg(req.max_retries)
-            .arg(req.job_timeout_ms)
-            .arg(req.result_ttl_ms)
-            .arg(req.defer_ms)
-            .arg(req.run_at_ms)
-            .arg(&req.trace_parent)
-            .arg(&req.trace_state)
-            .arg(req.max_params_bytes)
-            .arg(k.wake_channel())
-            .arg(rule)
-            .arg(rule_key)
-            .arg(window)
-            .arg(max_wait)
+        let reply: Value = enqueue_invocation(req)
             .invoke_async(&mut conn)
             .await
             .map_err(Error::from_redis)?;
-        let items = array("enqueue", reply)?;
-        let [flag, id, third] = fixed::<3>("enqueue", items)?;
-        let id = string("enqueue", id)?;
-        let enqueued = match int("enqueue", flag)? {
-            1 => Enqueued::Created {
-                id,
-                run_at_ms: int("enqueue", third)?,
-            },
-            0 => Enqueued::Exists {
-                id,
-                status: status("enqueue", third)?,
-            },
-            2 => Enqueued::UniqueHeld {
-                id,
-                status: status("enqueue", third)?,
-            },
-            3 => Enqueued::RateLimited,
-            4 => Enqueued::Debounced {
-                id,
-                run_at_ms: int("enqueue", third)?,
-            },
-            other => return Err(protocol("enqueue", format!("unknown flag {other}"))),
-        };
+        let enqueued = parse_enqueued(reply)?;
         let _: i64 = redis::cmd("SADD")
             .arg(keys::QUEUES)
             .arg(&req.queue)
             .query_async(&mut conn)
             .await?;
         Ok(enqueued)
+    }
+
+    /// Producers' enqueue: `SADD rrq:queues <queue>` (when `register_queue`)
+    /// and `EVALSHA enqueue.lua` in one pipeline, one round trip. The script
+    /// is loaded again when Redis answers `NOSCRIPT`.
+    pub async fn enqueue_pipelined(
+        &self,
+        req: &EnqueueRequest,
+        register_queue: bool,
+    ) -> Result<Enqueued> {
+        let mut conn = self.conn.clone();
+        let inv = enqueue_invocation(req);
+        for round in 0..2 {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            if register_queue {
+                pipe.cmd("SADD").arg(keys::QUEUES).arg(&req.queue);
+            }
+            pipe.invoke_script(&inv);
+            let mut replies: Vec<RedisResult<Value>> = pipe.query_async(&mut conn).await?;
+            let Some(reply) = replies.pop() else {
+                return Err(protocol("enqueue", "empty pipeline reply"));
+            };
+            if round == 0 && is_noscript(&reply) {
+                ENQUEUE.prepare_invoke().load_async(&mut conn).await?;
+                continue;
+            }
+            for r in replies {
+                r?;
+            }
+            return parse_enqueued(reply.map_err(Error::from_redis)?);
+        }
+        Err(protocol("enqueue", "NOSCRIPT after loading the script"))
     }
 
     /// Moves up to `max_jobs` due jobs of `queue` to ACTIVE under a lease
@@ -690,6 +662,76 @@ impl Store {
             .await?;
         Ok(names)
     }
+}
+
+/// The `enqueue.lua` call for `req`: KEYS and ARGV exactly as the script's header lists them.
+fn enqueue_invocation(req: &EnqueueRequest) -> redis::ScriptInvocation<'static> {
+    let k = QueueKeys::new(&req.queue);
+    let mut inv = ENQUEUE.key(k.job(&req.id));
+    inv.key(k.due());
+    let (rule, rule_key, window, max_wait) = match &req.rule {
+        None => ("", "", 0, 0),
+        Some(EnqueueRule::Unique { key, ttl_ms }) => {
+            inv.key(k.unique(key)).key(k.job_prefix());
+            ("unique", key.as_str(), *ttl_ms, 0)
+        }
+        Some(EnqueueRule::RateLimit { key, window_ms }) => {
+            inv.key(k.rate_limit(key));
+            ("rate_limit", key.as_str(), *window_ms, 0)
+        }
+        Some(EnqueueRule::Debounce {
+            key,
+            delay_ms,
+            max_wait_ms,
+        }) => {
+            inv.key(k.debounce(key)).key(k.job_prefix());
+            ("debounce", key.as_str(), *delay_ms, *max_wait_ms)
+        }
+    };
+    inv.arg(&req.id)
+        .arg(&req.function_name)
+        .arg(&req.queue)
+        .arg(&req.params_json)
+        .arg(req.max_retries)
+        .arg(req.job_timeout_ms)
+        .arg(req.result_ttl_ms)
+        .arg(req.defer_ms)
+        .arg(req.run_at_ms)
+        .arg(&req.trace_parent)
+        .arg(&req.trace_state)
+        .arg(req.max_params_bytes)
+        .arg(k.wake_channel())
+        .arg(rule)
+        .arg(rule_key)
+        .arg(window)
+        .arg(max_wait);
+    inv
+}
+
+fn parse_enqueued(reply: Value) -> Result<Enqueued> {
+    let items = array("enqueue", reply)?;
+    let [flag, id, third] = fixed::<3>("enqueue", items)?;
+    let id = string("enqueue", id)?;
+    Ok(match int("enqueue", flag)? {
+        1 => Enqueued::Created {
+            id,
+            run_at_ms: int("enqueue", third)?,
+        },
+        0 => Enqueued::Exists {
+            id,
+            status: status("enqueue", third)?,
+        },
+        2 => Enqueued::UniqueHeld {
+            id,
+            status: status("enqueue", third)?,
+        },
+        3 => Enqueued::RateLimited,
+        4 => Enqueued::Debounced {
+            id,
+            run_at_ms: int("enqueue", third)?,
+        },
+        other => return Err(protocol("enqueue", format!("unknown flag {other}"))),
+    })
 }
 
 async fn run_settle_pipeline<'a>(
