@@ -15,7 +15,7 @@ RRQ_BIN ?= $(CARGO_TARGET_DIR)/release/rrq
 CARGO := cargo
 RUST := cd rust &&
 
-.PHONY: help setup gen gen-check lint fmt build test test-rust test-python demo bench proto-breaking clean
+.PHONY: help setup gen gen-check lint fmt build test test-rust test-python test-typescript conformance demo bench proto-breaking clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -24,23 +24,30 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-setup: $(PY) ## Create .venv and install the rrq package (orchestrator built and bundled) with dev tools
+setup: $(PY) typescript/node_modules ## Create .venv, install the rrq package (orchestrator built and bundled), dev tools and npm packages
 	$(BIN)/pip install -q -r python/requirements-dev.txt
 	$(BIN)/pip install -q -e ./python
 	@$(BIN)/rrq --version
 
-gen: $(PY) ## Regenerate code from proto/ and copy the Lua scripts to every producer
+gen: $(PY) typescript/node_modules ## Regenerate code from proto/ and copy the Lua scripts to every producer
 	PATH="$(BIN):$$PATH" tools/gen_python.sh
 	$(RUST) $(CARGO) run -q -p rrq-gen
+	rm -rf typescript/src/gen/rrq
+	$(BIN)/buf generate --template buf.gen.yaml
 	rm -f python/src/rrq/lua/*.lua
 	cp rust/rrq-store/lua/*.lua python/src/rrq/lua/
+	$(PY) tools/gen_lua_ts.py
+
+typescript/node_modules: typescript/package-lock.json
+	npm --prefix typescript ci --no-audit --no-fund --loglevel=error
+	touch typescript/node_modules
 
 gen-check: gen ## Fail when generated code or Lua copies are stale
-	@git diff --exit-code -- python/src/rrq/v1 python/src/rrq/lua rust/rrq-proto/src/gen \
+	@git diff --exit-code -- python/src/rrq/v1 python/src/rrq/lua rust/rrq-proto/src/gen typescript/src/gen \
 	  || { echo "generated code is stale: run 'make gen' and commit" >&2; exit 1; }
-	@test -z "$$(git status --porcelain -- python/src/rrq/v1 python/src/rrq/lua rust/rrq-proto/src/gen)" \
+	@test -z "$$(git status --porcelain -- python/src/rrq/v1 python/src/rrq/lua rust/rrq-proto/src/gen typescript/src/gen)" \
 	  || { echo "untracked generated files: run 'make gen' and commit" >&2; git status --porcelain; exit 1; }
-	@for p in python/src/rrq/v1 python/src/rrq/lua rust/rrq-proto/src/gen; do \
+	@for p in python/src/rrq/v1 python/src/rrq/lua rust/rrq-proto/src/gen typescript/src/gen; do \
 	  test -n "$$(git ls-files "$$p")" || { echo ".gitattributes pattern $$p matches no file" >&2; exit 1; }; done
 
 lint: $(PY) ## Lint everything (never edits files)
@@ -50,8 +57,10 @@ lint: $(PY) ## Lint everything (never edits files)
 	$(RUST) $(CARGO) clippy -q --workspace --all-targets -- -D warnings
 	cd python && $(BIN)/ruff check . && $(BIN)/ruff format --check .
 	cd python && $(BIN)/mypy
-	$(BIN)/ruff check tools && $(BIN)/ruff format --check tools
+	$(BIN)/ruff check tools conformance-tests && $(BIN)/ruff format --check tools conformance-tests
 	$(BIN)/mypy --strict tools/*.py
+	$(BIN)/mypy --strict conformance-tests/harness conformance-tests/runners/python
+	npm --prefix typescript run --silent typecheck
 
 fmt: $(PY) ## Format all code
 	$(BIN)/buf format -w
@@ -62,13 +71,19 @@ fmt: $(PY) ## Format all code
 build: ## Build the release orchestrator binary
 	$(RUST) $(CARGO) build -q --release -p rrq
 
-test: setup gen-check lint build test-rust test-python ## Run every check and test (the CI command)
+test: setup gen-check lint build test-rust test-python test-typescript conformance ## Run every check and test (the CI command)
 
 test-rust: ## Rust unit and integration tests
 	$(RUST) $(CARGO) test -q --workspace
 
 test-python: build ## Python tests against a real Redis and the real orchestrator
 	cd python && RRQ_BIN=$(RRQ_BIN) $(BIN)/pytest -q
+
+test-typescript: build ## TypeScript tests (node:test) against a real Redis and the real orchestrator
+	RRQ_BIN=$(RRQ_BIN) npm --prefix typescript test
+
+conformance: build ## Every runner language against the real orchestrator: prints the scenario x language matrix
+	RRQ_BIN=$(RRQ_BIN) $(PY) conformance-tests/harness/run.py
 
 demo: setup ## Set everything up and run a real demo (private Redis, orchestrator, Python runner)
 	$(PY) tools/demo.py

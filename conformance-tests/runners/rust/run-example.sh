@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Execs a built example of the Rust workspace: run-example.sh <name> [args...].
+# Resolves the cargo target dir the way cargo does: $CARGO_TARGET_DIR (CI sets
+# it outside the repository) or rust/target. Cargo reads a relative
+# CARGO_TARGET_DIR from its cwd, which for the build command is this folder.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+workspace="$(cd "$here/../../../rust" && pwd)"
+target="${CARGO_TARGET_DIR:-$workspace/target}"
+case "$target" in
+  /*) ;;
+  *) target="$here/$target" ;;
+esac
+name="$1"
+shift
+exec "$target/debug/examples/$name" "$@"
