@@ -4,8 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use rrq_client::{Client, ClientConfig, Debounce, EnqueueOptions, Error, JobStatus, RateLimit};
@@ -14,54 +12,16 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-struct Redis {
-    child: Child,
-    port: u16,
-}
+/// A private redis-server (see `rrq_testkit`), with the helpers these tests need.
+struct Redis(rrq_testkit::RedisServer);
 
 impl Redis {
     async fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--bind", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be on PATH");
-        let me = Self { child, port };
-        let client = redis::Client::open(me.dsn()).unwrap();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(mut c) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok()
-            {
-                return me;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        Self(rrq_testkit::RedisServer::start())
     }
 
     fn dsn(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        self.0.dsn()
     }
 
     async fn dbsize(&self) -> i64 {
@@ -71,13 +31,6 @@ impl Redis {
             .await
             .unwrap();
         redis::cmd("DBSIZE").query_async(&mut c).await.unwrap()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

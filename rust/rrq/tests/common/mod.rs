@@ -6,7 +6,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead as _, BufReader};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc as std_mpsc;
@@ -24,75 +23,27 @@ use tokio_stream::wrappers::ReceiverStream;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[allow(unused_imports)] // used by some test binaries only
+pub use rrq_testkit::free_port;
 
-/// A private redis-server, killed on drop.
-pub struct Redis {
-    pub child: Child,
-    pub port: u16,
-}
+/// A private redis-server (see `rrq_testkit`), with helpers for these tests.
+pub struct Redis(pub rrq_testkit::RedisServer);
 
 impl Redis {
     pub async fn start() -> Self {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--bind", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be on PATH");
-        let me = Self { child, port };
-        // Wait for the condition "PING answers", with a deadline.
-        let client = redis::Client::open(me.dsn()).unwrap();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(mut c) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok()
-            {
-                return me;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        Self(rrq_testkit::RedisServer::start())
     }
 
     pub fn dsn(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        self.0.dsn()
     }
 
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.dsn()).unwrap()
+        self.0.client()
     }
 
     pub async fn store(&self) -> Store {
         Store::connect(&self.client()).await.unwrap()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
