@@ -13,12 +13,14 @@ import { PACKAGE_DIR, REPO_DIR, type RedisServer, startRedis } from "./helpers.j
 
 const PYTHON = process.env["RRQ_PYTHON"] ?? join(REPO_DIR, ".venv", "bin", "python");
 const PY_PRODUCER = join(REPO_DIR, "conformance-tests", "runners", "python", "fixture_producer.py");
-const skip = !existsSync(PYTHON) || !existsSync(PY_PRODUCER) ? "the Python producer fixture is not available" : false;
 
 let redis: RedisServer;
 let client: RRQClient;
 
 before(async () => {
+  // The Python fixture is part of this repository: its absence is a failure, never a skip.
+  assert.ok(existsSync(PYTHON), `${PYTHON} is missing: run make setup (or set RRQ_PYTHON)`);
+  assert.ok(existsSync(PY_PRODUCER), `${PY_PRODUCER} is missing`);
   redis = await startRedis();
   client = new RRQClient({ config: { redisDsn: redis.dsn } });
 });
@@ -61,7 +63,7 @@ const CALLS: { name: string; method: string; options: Record<string, unknown>; u
 ];
 
 for (const call of CALLS) {
-  test(`parity: ${call.name}`, { skip }, async () => {
+  test(`parity: ${call.name}`, async () => {
     const records: Record<string, string>[] = [];
     for (const [lang, command, cwd] of [
       ["py", [PYTHON, PY_PRODUCER], join(REPO_DIR, "conformance-tests", "runners", "python")],
