@@ -90,6 +90,13 @@ def fixture_runner(language: str) -> tuple[list[str], Path]:
     if spec.get("build"):
         subprocess.run(spec["build"], cwd=folder, check=True)
     cmd = [part.replace("{python}", sys.executable) for part in spec["runner_cmd"]]
+    if language == "rust":
+        # The conformance build is a debug build; measure the optimised one.
+        manifest = ROOT / "rust" / "Cargo.toml"
+        build = ["cargo", "build", "-q", "--release", "--manifest-path", str(manifest)]
+        example = ["-p", "rrq-runner", "--example", "conformance_fixture"]
+        subprocess.run([*build, *example], check=True)
+        cmd = ["env", "RRQ_EXAMPLE_PROFILE=release", *cmd]
     return cmd, folder
 
 

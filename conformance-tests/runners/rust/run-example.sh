@@ -3,6 +3,7 @@
 # Resolves the cargo target dir the way cargo does: $CARGO_TARGET_DIR (CI sets
 # it outside the repository) or rust/target. Cargo reads a relative
 # CARGO_TARGET_DIR from its cwd, which for the build command is this folder.
+# RRQ_EXAMPLE_PROFILE=release runs the release build instead (make bench).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 workspace="$(cd "$here/../../../rust" && pwd)"
@@ -13,4 +14,4 @@ case "$target" in
 esac
 name="$1"
 shift
-exec "$target/debug/examples/$name" "$@"
+exec "$target/${RRQ_EXAMPLE_PROFILE:-debug}/examples/$name" "$@"
