@@ -136,14 +136,29 @@ class ProcessLog:
 
 
 class RedisServer:
-    """A private redis-server: own directory, a unix socket or a free TCP port, no persistence."""
+    """A private redis-server: own directory, a unix socket or a free TCP port.
+
+    No persistence by default; ``aof=True`` turns on AOF with ``appendfsync
+    everysec`` (what the reliability rows run on), and ``maxmemory_policy``
+    sets the eviction policy (``"noeviction"`` for those rows). The port is
+    kept across ``stop()``/``start()``, so a restart on the same directory
+    reloads the AOF.
+    """
 
     def __init__(
-        self, directory: Path | None = None, *, tcp: bool = False, extra_args: tuple[str, ...] = ()
+        self,
+        directory: Path | None = None,
+        *,
+        tcp: bool = False,
+        extra_args: tuple[str, ...] = (),
+        aof: bool = False,
+        maxmemory_policy: str | None = None,
     ) -> None:
         self.directory = Path(directory or tempfile.mkdtemp(prefix="rrq-redis-"))
         self.directory.mkdir(parents=True, exist_ok=True)
         self.tcp = tcp
+        self.aof = aof
+        self.maxmemory_policy = maxmemory_policy
         self.port = free_port() if tcp else 0
         self.socket_path = self.directory / "redis.sock"
         self.extra_args = extra_args
@@ -158,7 +173,13 @@ class RedisServer:
 
     def start(self) -> Self:
         args = [find_redis_server(), "--port", str(self.port), "--dir", str(self.directory)]
-        args += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+        args += ["--save", "", "--daemonize", "no"]
+        if self.aof:
+            args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        else:
+            args += ["--appendonly", "no"]
+        if self.maxmemory_policy is not None:
+            args += ["--maxmemory-policy", self.maxmemory_policy]
         if self.tcp:
             args += ["--bind", "127.0.0.1"]
         else:

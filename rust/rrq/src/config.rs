@@ -100,6 +100,9 @@ pub struct Config {
     pub cron_misfire_grace_seconds: f64,
     /// Cron entries.
     pub cron_jobs: Vec<CronJob>,
+    /// Start even when Redis may evict keys (`maxmemory-policy` other than
+    /// `noeviction`); evicted job records are lost jobs.
+    pub allow_evicting_redis: bool,
 }
 
 impl Default for Config {
@@ -126,6 +129,7 @@ impl Default for Config {
             runners: BTreeMap::new(),
             cron_misfire_grace_seconds: 60.0,
             cron_jobs: Vec::new(),
+            allow_evicting_redis: false,
         }
     }
 }

@@ -30,16 +30,19 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// Redis is set up in a way that can lose acknowledged jobs (exit status 2).
+    #[error("{0}")]
+    UnsafeRedis(String),
     /// Another I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
 impl Error {
-    /// Process exit status for this error: 2 for configuration errors, 1 otherwise.
+    /// Process exit status for this error: 2 for configuration errors (including an unsafe Redis), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) => 2,
+            Error::Config(_) | Error::UnsafeRedis(_) => 2,
             _ => 1,
         }
     }

@@ -28,6 +28,7 @@ pub mod health;
 pub mod lease;
 pub mod orchestrator;
 pub mod recovery;
+pub mod redis_policy;
 pub mod scheduler;
 pub mod server;
 pub mod session;

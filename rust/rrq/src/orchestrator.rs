@@ -75,6 +75,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     )
     .await
     .map_err(redis_err)?;
+    {
+        let mut probe = conn.clone();
+        let policy = crate::redis_policy::read_policy(&mut probe).await;
+        let verdict = crate::redis_policy::verdict(policy, cfg.allow_evicting_redis);
+        if let Some(message) = crate::redis_policy::apply(&verdict) {
+            return Err(Error::UnsafeRedis(message));
+        }
+    }
     let store = Store::new(conn);
     let clock = Arc::new(RedisClock::new());
     let started_at_ms = {

@@ -1,0 +1,50 @@
+"""The handler the fault rows' runners serve (``faults.oracle_handlers:settings``).
+
+Every execution appends ``start <job_id> <attempt> <pid> <t>`` to the oracle
+log named by ``$RRQ_ORACLE_LOG`` before its work and ``end <job_id> <attempt>
+<pid> <t> <how>`` after it (``ok``, ``fail`` for a designed failure,
+``cancelled``), one ``write`` per line on an ``O_APPEND`` descriptor: a runner
+killed with SIGKILL keeps every line already written (the page cache has it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from rrq.registry import Registry
+from rrq.runner import ExecutionRequest
+from rrq.runner_settings import PythonRunnerSettings
+
+_fd: int | None = None
+
+
+def _log(line: str) -> None:
+    global _fd  # noqa: PLW0603 - one descriptor per runner process
+    if _fd is None:
+        _fd = os.open(os.environ["RRQ_ORACLE_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(_fd, (line + "\n").encode())
+
+
+async def work(request: ExecutionRequest) -> dict[str, Any]:
+    """Sleeps ``sleep_ms``; fails attempt 1 if ``fail_first``; returns ``result_bytes`` chars."""
+    params = request.params
+    job, attempt, pid = request.job_id, request.attempt, os.getpid()
+    _log(f"start {job} {attempt} {pid} {time.time():.6f}")
+    how = "cancelled"
+    try:
+        await asyncio.sleep(params.get("sleep_ms", 0) / 1000)
+        if params.get("fail_first") and attempt == 1:
+            how = "fail"
+            raise RuntimeError("designed failure on attempt 1")
+        how = "ok"
+        return {"job": job, "attempt": attempt, "blob": "x" * int(params.get("result_bytes", 0))}
+    finally:
+        _log(f"end {job} {attempt} {pid} {time.time():.6f} {how}")
+
+
+registry = Registry()
+registry.register("work", work)
+settings = PythonRunnerSettings(registry=registry)
