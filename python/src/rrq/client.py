@@ -38,6 +38,7 @@ from rrq.store import (
 
 __all__ = [
     "DEBOUNCE_OPTIONS",
+    "ENQUEUE_MANY_CHUNK",
     "ENQUEUE_OPTIONS",
     "RATE_LIMIT_OPTIONS",
     "UNIQUE_OPTIONS",
@@ -86,6 +87,9 @@ _OPTIONS_OF_RULE: Final[Mapping[str, frozenset[str]]] = {
 DLQ_BATCH: Final = 100
 
 _CANCEL_REASON: Final = "cancelled on request"
+
+# Jobs per pipeline in enqueue_many().
+ENQUEUE_MANY_CHUNK: Final = 1000
 
 # How many job id -> queue entries the client remembers for its own jobs.
 _QUEUE_CACHE_SIZE: Final = 10_000
@@ -353,6 +357,59 @@ class RRQClient:
         args = self._build_args("", function_name, opts)
         reply = await self._submit(args, explicit_id=_has_job_id(opts))
         return reply.job_id
+
+    async def enqueue_many(
+        self,
+        function_name: str,
+        params_list: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any] | None = None,
+    ) -> list[str]:
+        """Enqueues one job per entry of ``params_list``; returns their ids in order.
+
+        ``options`` are those of :meth:`enqueue` except ``params`` (each job's
+        params are its entry of ``params_list``) and ``job_id`` (every job gets
+        a new UUIDv7), and apply to every job. Every entry is validated as
+        :meth:`enqueue` validates its params before anything is written; then
+        the jobs are written by one pipeline of ``enqueue.lua`` calls per
+        :data:`ENQUEUE_MANY_CHUNK` jobs, so a batch costs a round trip per
+        chunk rather than per job. Each job is written atomically on its own;
+        the batch as a whole is not atomic.
+        """
+        opts = dict(options) if options is not None else {}
+        for name in ("params", "job_id"):
+            if name in opts:
+                raise InvalidOptionError(
+                    f"{name} is not an option of enqueue_many(): "
+                    + (
+                        "each job's params are its entry of params_list"
+                        if name == "params"
+                        else "every job gets a new id"
+                    ),
+                    option=name,
+                )
+        candidate: object = params_list
+        if isinstance(candidate, str | bytes) or not isinstance(candidate, Sequence):
+            raise InvalidParamsError(
+                f"params_list must be a sequence of dicts, got {type(params_list).__name__}"
+            )
+        batch = [
+            self._build_args("", function_name, {**opts, "params": params})
+            for params in params_list
+        ]
+        ids: list[str] = []
+        for start in range(0, len(batch), ENQUEUE_MANY_CHUNK):
+            chunk = batch[start : start + ENQUEUE_MANY_CHUNK]
+            queue = chunk[0].queue_name
+            register = queue not in self._registered_queues
+            replies = await self.store.enqueue_batch(chunk, register_queue=register)
+            self._registered_queues.add(queue)
+            for args, reply in zip(chunk, replies, strict=True):
+                if reply.code == ENQUEUE_EXISTS:  # a UUIDv7 collision: not expected
+                    status = _wire.job_status_from_number(reply.value)
+                    raise DuplicateJobError(args.job_id, status, args.queue_name)
+                self._remember(reply.job_id, args.queue_name)
+                ids.append(reply.job_id)
+        return ids
 
     async def enqueue_with_unique_key(
         self,

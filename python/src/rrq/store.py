@@ -265,35 +265,58 @@ class Store:
         before: list[tuple[str, Sequence[Any]]] = []
         if register_queue:
             before.append(("SADD", (QUEUES_KEY, queue)))
-        keys = [job_key(queue, args.job_id), due_key(queue)]
-        if args.rule:
-            keys += [rule_key(args.rule, queue, args.rule_key), job_key_prefix(queue)]
-        reply = await self._run(
-            "enqueue",
-            keys,
-            [
-                args.job_id,
-                args.function_name,
-                queue,
-                args.params_json,
-                args.max_retries,
-                args.job_timeout_ms,
-                args.result_ttl_ms,
-                args.defer_ms,
-                args.run_at_ms,
-                args.trace_parent,
-                args.trace_state,
-                args.max_params_bytes,
-                wake_channel(queue),
-                args.rule,
-                args.rule_key,
-                args.rule_window_ms,
-                args.debounce_max_wait_ms,
-            ],
-            before=before,
-        )
+        keys, argv = _enqueue_call(args)
+        reply = await self._run("enqueue", keys, argv, before=before)
         code, job_id, value = reply
         return EnqueueReply(int(code), _text(job_id), int(value))
+
+    async def enqueue_batch(
+        self, batch: Sequence[EnqueueArgs], *, register_queue: bool
+    ) -> list[EnqueueReply]:
+        """Writes many jobs (one ``enqueue.lua`` call each) in one pipeline.
+
+        The calls are independent: a failing one does not stop the others.
+        The first error reply is raised after the whole pipeline ran; calls
+        answered NOSCRIPT (Redis restarted or SCRIPT FLUSH) are sent again
+        once after loading the script.
+        """
+        if not batch:
+            return []
+        script = self._script("enqueue")
+        todo = list(range(len(batch)))
+        replies: list[Any] = [None] * len(batch)
+        for attempt in range(2):
+            if attempt or "enqueue" not in self._loaded:
+                await self.redis.script_load(script.script)
+                self._loaded.add("enqueue")
+            pipe = self.redis.pipeline(transaction=False)
+            if register_queue and attempt == 0:
+                for queue in sorted({args.queue_name for args in batch}):
+                    pipe.sadd(QUEUES_KEY, queue)
+            for i in todo:
+                keys, argv = _enqueue_call(batch[i])
+                pipe.evalsha(script.sha, len(keys), *keys, *argv)
+            answers = await pipe.execute(raise_on_error=False)
+            answers = answers[len(answers) - len(todo) :]
+            missing = []
+            for i, answer in zip(todo, answers, strict=True):
+                if isinstance(answer, NoScriptError):
+                    missing.append(i)
+                replies[i] = answer
+            if not missing:
+                break
+            todo = missing
+            self._loaded.discard("enqueue")
+        result = []
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                typed = script_error(reply)
+                if typed is not None:
+                    raise typed from reply
+                raise reply
+            code, job_id, value = reply
+            result.append(EnqueueReply(int(code), _text(job_id), int(value)))
+        return result
 
     async def queues(self) -> list[str]:
         """Every registered queue name, sorted."""
@@ -458,6 +481,34 @@ class Store:
             [max(batch, 1), *job_ids],
         )
         return int(cast("int", removed))
+
+
+def _enqueue_call(args: EnqueueArgs) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of enqueue.lua for ``args``."""
+    queue = args.queue_name
+    keys = [job_key(queue, args.job_id), due_key(queue)]
+    if args.rule:
+        keys += [rule_key(args.rule, queue, args.rule_key), job_key_prefix(queue)]
+    argv: list[str | int] = [
+        args.job_id,
+        args.function_name,
+        queue,
+        args.params_json,
+        args.max_retries,
+        args.job_timeout_ms,
+        args.result_ttl_ms,
+        args.defer_ms,
+        args.run_at_ms,
+        args.trace_parent,
+        args.trace_state,
+        args.max_params_bytes,
+        wake_channel(queue),
+        args.rule,
+        args.rule_key,
+        args.rule_window_ms,
+        args.debounce_max_wait_ms,
+    ]
+    return keys, argv
 
 
 def _text(value: bytes | str) -> str:
