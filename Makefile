@@ -15,7 +15,7 @@ RRQ_BIN ?= $(CARGO_TARGET_DIR)/release/rrq
 CARGO := cargo
 RUST := cd rust &&
 
-.PHONY: help setup gen gen-check lint fmt build test test-rust test-python test-typescript conformance faults demo bench proto-breaking clean
+.PHONY: help setup gen gen-check lint fmt build test test-rust test-python test-typescript conformance faults demo bench bench-compare proto-breaking clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -93,6 +93,9 @@ demo: setup ## Set everything up and run a real demo (private Redis, orchestrato
 
 bench: setup build ## Throughput, latency percentiles and memory
 	RRQ_BIN=$(RRQ_BIN) $(PY) tools/bench.py
+
+bench-compare: setup build ## The same workloads through RRQ, BullMQ, SAQ and arq (installed in .rrq/bench-peers), with ratios
+	RRQ_BIN=$(RRQ_BIN) $(PY) tools/bench_compare.py
 
 proto-breaking: $(PY) ## Check proto/ for breaking changes against main
 	$(BIN)/buf breaking --against '.git#branch=main'

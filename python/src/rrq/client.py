@@ -249,13 +249,17 @@ class RRQClient:
             params_json = json.dumps(
                 params, allow_nan=False, ensure_ascii=False, separators=(",", ":")
             )
+            size = len(params_json.encode("utf-8"))
+        except UnicodeEncodeError as exc:  # a lone surrogate has no UTF-8 form
+            raise InvalidParamsError(f"params are not valid UTF-8 text: {exc}") from exc
         except ValueError as exc:  # allow_nan=False, or a circular reference
             raise InvalidParamsError(
                 f"params are not JSON-serializable: {exc} (NaN and Infinity are not JSON)"
             ) from exc
         except TypeError as exc:
             raise InvalidParamsError(f"params are not JSON-serializable: {exc}") from exc
-        size = len(params_json.encode("utf-8"))
+        except RecursionError as exc:
+            raise InvalidParamsError("params are nested too deeply to encode as JSON") from exc
         limit = self.config.max_payload_bytes
         if size > limit:
             raise PayloadTooLargeError(

@@ -176,6 +176,15 @@ impl Scheduler {
                 let want = self.dispatcher.claimable(runner).min(MAX_CLAIM);
                 if want == 0 {
                     // A freed slot or a new session wakes us for every queue.
+                    // Until then a due time already past is no reason to wake:
+                    // keeping it would make the sleep below return at once and
+                    // spin this loop while the runner is full.
+                    if next_due
+                        .get(&queue)
+                        .is_some_and(|at| *at <= TokioInstant::now())
+                    {
+                        next_due.remove(&queue);
+                    }
                     continue;
                 }
                 let claimed_at = Instant::now();
