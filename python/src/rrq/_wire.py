@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import grpc.aio
 from google.protobuf.descriptor import FieldDescriptor
@@ -224,11 +224,17 @@ class Outcome:
     traceback: str = ""
 
 
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _params_from_json(params_json: str) -> dict[str, Any]:
     try:
-        params = json.loads(params_json) if params_json else {}
+        params = json.loads(params_json, parse_constant=_reject_constant) if params_json else {}
     except ValueError as exc:
         raise InvalidParamsError(f"params are not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidParamsError("params are nested too deeply to decode") from exc
     if not isinstance(params, dict):
         raise InvalidParamsError(f"params must be a JSON object, got {type(params).__name__}")
     return params

@@ -61,6 +61,21 @@ class Producer:
         _append(self.log, f"{job_id} {verdict} {time.time():.6f}")
         return verdict
 
+    async def enqueue_retrying(
+        self, job_id: str, options: Mapping[str, Any], fn: str = "work", attempts: int = 5
+    ) -> str:
+        """Retries a connection error with the same ``job_id`` until the answer is known.
+
+        ``ack_dup`` after an ``ack_unknown`` means the first attempt committed:
+        the checker counts the job as ``recovered``.
+        """
+        verdict = "ack_unknown"
+        for _ in range(attempts):
+            verdict = await self.enqueue(job_id, options, fn)
+            if verdict != "ack_unknown":
+                break
+        return verdict
+
     def acks(self) -> dict[str, list[str]]:
         seen: dict[str, list[str]] = defaultdict(list)
         if self.log.exists():
@@ -213,12 +228,20 @@ async def check(
     events = handler.events()
 
     acked = {j for j, v in acks.items() if "ack_ok" in v}
-    unknown = {j for j, v in acks.items() if j not in acked and "ack_dup" not in v}
+    # Enqueues whose answer was lost: no ack, or a retry's "exists" after an ack_unknown.
+    unknown = {
+        j for j, v in acks.items() if j not in acked and ("ack_unknown" in v or "ack_dup" not in v)
+    }
     statuses = {}
     for job in known:
         statuses[job] = await client.get_job_status(job)
 
-    lost = sorted(j for j in acked if statuses[j] is None or statuses[j].status not in TERMINAL)  # type: ignore[union-attr]
+    recovered = {j for j in unknown if statuses.get(j) is not None}
+    lost = sorted(
+        j
+        for j in acked | recovered
+        if statuses[j] is None or statuses[j].status not in TERMINAL  # type: ignore[union-attr]
+    )
     stuck = sorted(j for j, s in statuses.items() if s is not None and s.status not in TERMINAL)
     double_terminal = sorted(j for j, n in (monitor.counts if monitor else {}).items() if n > 1)
 
@@ -259,7 +282,7 @@ async def check(
         "double_terminal": len(double_terminal),
         "dup_exec": dup_exec,
         "concurrent_dup": concurrent,
-        "recovered": sum(1 for j in unknown if statuses.get(j) is not None),
+        "recovered": len(recovered),
         "unexpected": len(started_ids - set(acks) - set(extra_jobs)),
         "recovery_s": recovery,
         "stuck": len(stuck),
