@@ -45,6 +45,24 @@ async def work(request: ExecutionRequest) -> dict[str, Any]:
         _log(f"end {job} {attempt} {pid} {time.time():.6f} {how}")
 
 
+async def poison(request: ExecutionRequest) -> None:
+    """F2: kills its own runner process on every attempt (a designed failure)."""
+    job, attempt, pid = request.job_id, request.attempt, os.getpid()
+    _log(f"start {job} {attempt} {pid} {time.time():.6f}")
+    _log(f"end {job} {attempt} {pid} {time.time():.6f} fail")
+    os._exit(137)
+
+
+def spin(request: ExecutionRequest) -> None:
+    """F13: a sync handler (so it runs in a thread) that never returns and cannot be cancelled."""
+    job, attempt, pid = request.job_id, request.attempt, os.getpid()
+    _log(f"start {job} {attempt} {pid} {time.time():.6f}")
+    while True:
+        pass
+
+
 registry = Registry()
 registry.register("work", work)
+registry.register("poison", poison)
+registry.register("spin", spin)
 settings = PythonRunnerSettings(registry=registry)

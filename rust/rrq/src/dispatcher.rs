@@ -35,6 +35,11 @@ pub const CANCELLED_ON_REQUEST: &str = "cancelled on request";
 /// default decoding limit of gRPC clients (a bigger single job still goes alone).
 const MAX_EXECUTE_BYTES: usize = 3 * 1024 * 1024;
 
+/// After a timeout, the retry waits at least the cancel grace plus this long,
+/// so the old attempt's process is gone (killed at the end of the grace)
+/// before the new attempt starts.
+const TIMEOUT_RETRY_MARGIN_MS: i64 = 500;
+
 /// A job the claim returned, with what the dispatcher needs to run it.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -568,7 +573,14 @@ impl Dispatcher {
                 SettleAction::Retry {
                     message: format!("job timed out after {}s", timeout.as_secs_f64()),
                     error_type: error_type::JOB_TIMEOUT.to_owned(),
-                    delay_ms: self.policy.backoff_ms(attempt),
+                    // The timed-out attempt may run on until the cancel grace
+                    // ends and its process is killed: the retry must not start
+                    // before then, or two attempts of the job would overlap.
+                    delay_ms: self.policy.backoff_ms(attempt).max(
+                        i64::try_from(self.cfg.cancel_grace().as_millis())
+                            .unwrap_or(i64::MAX)
+                            .saturating_add(TIMEOUT_RETRY_MARGIN_MS),
+                    ),
                     traceback: String::new(),
                 },
             )

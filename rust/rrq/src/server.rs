@@ -164,7 +164,12 @@ async fn read_loop(
             }
             Ok(Ok(Some(m))) => m,
             Ok(Ok(None)) => break "stream ended".to_owned(),
-            Ok(Err(status)) => break format!("stream failed: {}", status.message()),
+            Ok(Err(status)) => {
+                // Tell the runner why its stream ends (a frame that does not
+                // decode, or one over the size limit) instead of ending it OK.
+                let _ = tx.send(Err(inbound_error(&status)));
+                break format!("stream failed: {}", status.message());
+            }
         };
         match message.kind {
             Some(runner_message::Kind::Outcomes(batch)) => {
@@ -192,6 +197,17 @@ async fn read_loop(
         }
     };
     dispatcher.session_lost(sid, &reason);
+}
+
+/// The status a runner gets when its inbound stream fails to decode. Tonic
+/// reports a frame over `max_decoding_message_size` as OUT_OF_RANGE; gRPC
+/// names that case RESOURCE_EXHAUSTED.
+fn inbound_error(status: &Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange {
+        Status::resource_exhausted(status.message().to_owned())
+    } else {
+        Status::new(status.code(), status.message().to_owned())
+    }
 }
 
 /// A bound runner listener.
