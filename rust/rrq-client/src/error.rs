@@ -54,12 +54,7 @@ impl Error {
         match self {
             Error::Timeout(_) => true,
             Error::Store(e) => e.is_retryable(),
-            Error::Redis(e) => {
-                e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_timeout()
-            }
+            Error::Redis(e) => rrq_store::is_retryable_redis(e),
             _ => false,
         }
     }

@@ -43,12 +43,7 @@ impl Error {
     /// false when the call itself is wrong or was rejected for good.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Redis(e) => {
-                e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_timeout()
-            }
+            Error::Redis(e) => is_retryable_redis(e),
             _ => false,
         }
     }
@@ -67,3 +62,9 @@ impl Error {
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// True when a Redis client error is connection trouble or a timeout, so the
+/// same call may succeed later. Shared by every crate that classifies errors.
+pub fn is_retryable_redis(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}

@@ -12,7 +12,7 @@ pub mod error;
 pub mod keys;
 pub mod scripts;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, is_retryable_redis};
 pub use keys::QueueKeys;
 pub use rrq_proto::v1::JobStatus;
 pub use scripts::{
