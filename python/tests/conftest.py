@@ -11,7 +11,6 @@ Processes are followed through their output, so tests wait on events
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -22,7 +21,7 @@ import pytest
 
 import rrq
 from rrq.client import RRQClient
-from rrq.testing import Orchestrator, RedisServer, free_port
+from rrq.testing import Orchestrator, RedisServer, find_rrq_binary, free_port
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parents[1]
@@ -34,22 +33,23 @@ for _name in ("RRQ_REDIS_DSN", "RRQ_CONFIG", "RRQ_ORCHESTRATOR_ADDR", "RRQ_RUNNE
 
 
 def find_orchestrator_binary() -> str:
-    """$RRQ_BIN, else `rrq` on PATH, else the workspace's debug build; fails otherwise."""
-    explicit = os.environ.get("RRQ_BIN")
-    if explicit:
-        if not Path(explicit).is_file():
-            pytest.fail(f"RRQ_BIN={explicit} does not exist")
-        return explicit
-    on_path = shutil.which("rrq")
-    if on_path:
-        return on_path
-    debug = REPO_ROOT / "rust" / "target" / "debug" / "rrq"
-    if debug.is_file():
-        return str(debug)
-    pytest.fail(
-        "the rrq orchestrator binary was not found: set RRQ_BIN, install the package "
-        "(pip install ./python) or build it (cd rust && cargo build -p rrq)"
-    )
+    """rrq.testing's lookup ($RRQ_BIN, the installed one), else the workspace's debug build.
+
+    Fails the test (never skips) when there is none.
+    """
+    try:
+        binary = find_rrq_binary()
+    except FileNotFoundError:
+        debug = REPO_ROOT / "rust" / "target" / "debug" / "rrq"
+        if debug.is_file():
+            return str(debug)
+        pytest.fail(
+            "the rrq orchestrator binary was not found: set RRQ_BIN, install the package "
+            "(pip install ./python) or build it (cd rust && cargo build -p rrq)"
+        )
+    if not Path(binary).is_file():
+        pytest.fail(f"the rrq orchestrator binary {binary} does not exist (RRQ_BIN?)")
+    return binary
 
 
 def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
