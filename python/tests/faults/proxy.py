@@ -5,7 +5,11 @@ runner↔orchestrator) and switch its mode from the test:
 
 - ``pass``: forward both ways;
 - ``latency=ms``: delay every chunk by ``ms`` milliseconds;
-- ``blackhole``: keep the sockets open, forward nothing (dropped, not queued);
+- ``blackhole``: a network partition: keep the sockets open and forward
+  nothing until the mode changes, then deliver what was held, in order. This
+  is what TCP does across a partition shorter than its retransmission timeout
+  (bytes are retransmitted, never silently dropped); dropping them instead
+  would desynchronise any request/reply protocol in a way no real network can;
 - ``reset``: close every connection with ``SO_LINGER 0`` (an RST), and new ones at once;
 - ``close_after=N``: forward N more client→server bytes per connection, then reset it;
 - ``slice=N``: forward in chunks of at most N bytes.
@@ -38,6 +42,7 @@ class FaultProxy:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
+        self._healed: asyncio.Event | None = None  # set unless blackholed; created on the loop
 
     # --- control (called from the test thread) -----------------------------
 
@@ -55,6 +60,11 @@ class FaultProxy:
 
         def apply() -> None:
             self.mode, self.arg = name, arg
+            assert self._healed is not None
+            if name == "blackhole":
+                self._healed.clear()
+            else:
+                self._healed.set()
             for conn in list(self._conns):
                 conn.budget = arg if name == "close_after" else -1
                 if name == "reset":
@@ -96,6 +106,8 @@ class FaultProxy:
     # --- the loop's side ---------------------------------------------------
 
     async def _start(self) -> None:
+        self._healed = asyncio.Event()
+        self._healed.set()
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -136,7 +148,12 @@ class FaultProxy:
                 if not data:
                     break
                 if self.mode == "blackhole":
-                    continue
+                    # Hold this chunk (and, by not reading, everything behind
+                    # it) until the partition heals.
+                    assert self._healed is not None
+                    await self._healed.wait()
+                    if conn.closed:
+                        break
                 if self.mode == "latency":
                     await asyncio.sleep(self.arg / 1000)
                 if upstream and conn.budget >= 0:

@@ -693,6 +693,23 @@ impl Dispatcher {
         }
     }
 
+    /// The earliest instant at which a lease we hold stops being known valid.
+    pub fn earliest_lease_expiry(&self) -> Option<Instant> {
+        let st = self.lock();
+        let running = st
+            .sessions
+            .values()
+            .flat_map(|s| s.executions.values())
+            .filter(|e| e.is_live())
+            .map(|e| e.lease_valid_until);
+        let held = st
+            .held
+            .values()
+            .flatten()
+            .map(|h| h.claimed.lease_valid_until);
+        running.chain(held).min()
+    }
+
     /// Jobs whose lease is no longer known valid at `now` (renewals failed).
     pub fn expired_leases(&self, now: Instant) -> Vec<(String, String)> {
         let st = self.lock();

@@ -71,6 +71,13 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         client.clone(),
         redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+            // A reply is awaited for up to one lease (the client's default is
+            // 500 ms). A request given up on may still run when a partition
+            // heals: an abandoned lease renewal would leave us fencing jobs
+            // Redis still gives us, and an abandoned claim strands its jobs
+            // until their lease expires. Waiting a lease covers every
+            // partition that the lease itself tolerates.
+            .set_response_timeout(Some(cfg.lease()))
             .set_max_delay(std::time::Duration::from_secs(2)),
     )
     .await

@@ -1,0 +1,156 @@
+"""F10: network partitions between an orchestrator and Redis (proxy ``blackhole``).
+
+The proxy holds bytes across a partition and delivers them in order when it
+heals, as TCP does for a partition shorter than its retransmission timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import pytest
+
+from rrq.client import RRQClient
+from rrq.testing import Orchestrator, RedisServer
+
+from .conftest import Harness
+from .oracle import Fault, Producer, TerminalMonitor, assert_pass, check
+from .proxy import FaultProxy
+from .test_process_faults import load
+
+SELF_FENCE = "leases could not be renewed before they expired"
+
+
+@pytest.fixture
+def proxies(fault_redis: RedisServer) -> Iterator[list[FaultProxy]]:
+    """Two proxies to the row's Redis, one per orchestrator."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(FaultProxy("127.0.0.1", fault_redis.port)) for _ in range(2)]
+
+
+def via(proxy: FaultProxy) -> str:
+    return f"redis://127.0.0.1:{proxy.port}/0"
+
+
+def alive(*orchestrators: Orchestrator) -> bool:
+    return all(o.process is not None and o.process.poll() is None for o in orchestrators)
+
+
+def log_of(orch: Orchestrator) -> str:
+    return orch.log.text() if orch.log else ""
+
+
+async def partition(proxies: list[FaultProxy], seconds: float) -> tuple[float, float]:
+    """Blackholes ``proxies`` for ``seconds``; returns (start, heal) wall times."""
+    cut = time.time()
+    for p in proxies:
+        p.set_mode("blackhole")
+    await asyncio.sleep(seconds)  # the fault's duration, not a synchronization
+    for p in proxies:
+        p.set_mode("pass")
+    return cut, time.time()
+
+
+async def test_f10a_partition_one_orchestrator(
+    harness: Harness,
+    producer: Producer,
+    fault_client: RRQClient,
+    monitor: TerminalMonitor,
+    proxies: list[FaultProxy],
+) -> None:
+    """A is cut off for 10 s (lease 3 s): it self-fences, B reclaims, A's late writes are fenced."""
+    a = harness.orchestrator(
+        harness.write_config(via(proxies[0]), pool_size=1, max_in_flight=4), runners=1
+    )
+    a_pids = harness.runner_pids(a)
+    ids = await load(producer, "f10a", 16, 5000, 8000)
+    await asyncio.to_thread(harness.oracle.wait_running, 3, a_pids, 20)
+    b = harness.orchestrator(harness.write_config(pool_size=1, max_in_flight=4), runners=1)
+    cut, heal = await partition(proxies[:1], 10)
+    affected = harness.oracle.in_flight_on(a_pids, cut)
+    record = await check(
+        "F10a",
+        fault_client,
+        producer,
+        harness.oracle,
+        monitor,
+        faults=[Fault(heal, len(affected), affected)],
+        quiet_timeout=60,
+    )
+    assert alive(a, b), "an orchestrator exited during the partition"
+    assert SELF_FENCE in log_of(a), "A never self-fenced"
+    assert_pass(record, dup_budget=len(affected), concurrent_budget=len(affected))
+    assert record["acked"] == len(ids)
+
+
+async def test_f10b_partition_every_orchestrator(
+    harness: Harness,
+    producer: Producer,
+    fault_client: RRQClient,
+    monitor: TerminalMonitor,
+    proxies: list[FaultProxy],
+) -> None:
+    """Both orchestrators are cut off for 10 s while the producer keeps enqueuing."""
+    orchs = [
+        harness.orchestrator(harness.write_config(via(p), pool_size=1, max_in_flight=4), runners=1)
+        for p in proxies
+    ]
+    pids = [pid for o in orchs for pid in harness.runner_pids(o)]
+    before = await load(producer, "f10b-before", 16, 1500, 2500)
+    await asyncio.to_thread(harness.oracle.wait_running, 4, pids, 20)
+    during = asyncio.create_task(load(producer, "f10b-during", 30, 20, 200, seed=2))
+    cut, heal = await partition(proxies, 10)
+    affected = harness.oracle.in_flight_on(pids, cut)
+    await during
+    record = await check(
+        "F10b",
+        fault_client,
+        producer,
+        harness.oracle,
+        monitor,
+        faults=[Fault(heal, len(affected), affected)],
+        quiet_timeout=60,
+    )
+    assert alive(*orchs), "an orchestrator exited during the partition"
+    assert_pass(record, dup_budget=len(affected), concurrent_budget=len(affected))
+    assert record["acked"] == len(before) + 30
+    resumed = record["recovery_s"]["first_completion"]
+    assert resumed is not None, "nothing completed after the heal"
+    assert resumed <= 5.0, f"processing resumed {resumed}s after heal"
+
+
+@pytest.mark.quick
+async def test_f10c_partition_shorter_than_the_lease(
+    harness: Harness,
+    producer: Producer,
+    fault_client: RRQClient,
+    monitor: TerminalMonitor,
+    proxies: list[FaultProxy],
+) -> None:
+    """A 2 s partition (< lease - renew interval) costs nothing: no reclaim, no re-run."""
+    a = harness.orchestrator(
+        harness.write_config(via(proxies[0]), pool_size=1, max_in_flight=4), runners=1
+    )
+    a_pids = harness.runner_pids(a)
+    ids = await load(producer, "f10c", 12, 3000, 4000)
+    await asyncio.to_thread(harness.oracle.wait_running, 4, a_pids, 20)
+    # B's lease recovery would take A's jobs if their leases lapsed in Redis.
+    b = harness.orchestrator(harness.write_config(pool_size=1, max_in_flight=4), runners=1)
+    _, heal = await partition(proxies[:1], 2)
+    record = await check(
+        "F10c",
+        fault_client,
+        producer,
+        harness.oracle,
+        monitor,
+        faults=[Fault(heal, 0)],
+        quiet_timeout=60,
+    )
+    assert alive(a, b)
+    assert SELF_FENCE not in log_of(a)
+    assert "lease lost" not in log_of(a)
+    assert_pass(record, dup_budget=0)
+    assert record["acked"] == len(ids)
