@@ -24,12 +24,15 @@ from .oracle import HandlerLog, Producer, TerminalMonitor
 
 FAULTS_DIR = Path(__file__).resolve().parent
 
+ORACLE_SETTINGS = "faults.oracle_handlers:settings"
+
 # RELIABILITY.md, "Timing knobs shrunk for tests".
 TIMINGS = {
     "lease_seconds": 3,
     "lease_renew_interval_seconds": 1,
     "recovery_interval_seconds": 0.5,
     "runner_heartbeat_interval_seconds": 0.5,
+    "runner_heartbeat_timeout_seconds": 2,
     "cancel_grace_seconds": 1,
     "shutdown_grace_seconds": 3,
     "retry_backoff_initial_seconds": 0.05,
@@ -57,11 +60,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def config_text(
-    redis_dsn: str, *, pool_size: int = 2, max_in_flight: int = 4, **overrides: object
+    redis_dsn: str,
+    *,
+    pool_size: int = 2,
+    max_in_flight: int = 4,
+    tcp_socket: str = "127.0.0.1:0",
+    spawn: bool = True,
+    **overrides: object,
 ) -> str:
+    """``spawn=False`` declares external runners only (they dial ``tcp_socket``)."""
     settings = {**TIMINGS, **overrides}
     lines = [f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items()]
-    cmd = [sys.executable, "-m", "rrq.runner_cli", "--settings", "faults.oracle_handlers:settings"]
+    cmd = [sys.executable, "-m", "rrq.runner_cli", "--settings", ORACLE_SETTINGS]
+    spawned = f"""\
+cmd = [{", ".join(f'"{part}"' for part in cmd)}]
+pool_size = {pool_size}
+cwd = "{TESTS_DIR}"
+
+[rrq.runners.python.env]
+PYTHONPATH = "{os.pathsep.join([str(SRC_DIR), str(TESTS_DIR)])}"
+"""
     return f"""\
 [rrq]
 redis_dsn = "{redis_dsn}"
@@ -70,15 +88,9 @@ default_runner_name = "python"
 
 [rrq.runners.python]
 type = "socket"
-cmd = [{", ".join(f'"{part}"' for part in cmd)}]
-tcp_socket = "127.0.0.1:0"
-pool_size = {pool_size}
+tcp_socket = "{tcp_socket}"
 max_in_flight = {max_in_flight}
-cwd = "{TESTS_DIR}"
-
-[rrq.runners.python.env]
-PYTHONPATH = "{os.pathsep.join([str(SRC_DIR), str(TESTS_DIR)])}"
-"""
+""" + (spawned if spawn else "")
 
 
 class Harness:
@@ -185,4 +197,4 @@ def monitor(fault_redis: RedisServer) -> Iterator[TerminalMonitor]:
         m.stop()
 
 
-__all__ = ["Harness", "free_port"]
+__all__ = ["ORACLE_SETTINGS", "Harness", "free_port"]

@@ -152,7 +152,7 @@ class FaultProxy:
                     # it) until the partition heals.
                     assert self._healed is not None
                     await self._healed.wait()
-                    if conn.closed:
+                    if conn.is_closed():  # reset while held
                         break
                 if self.mode == "latency":
                     await asyncio.sleep(self.arg / 1000)
@@ -183,6 +183,9 @@ class _Conn:
         self.server = server
         self.budget = -1
         self.closed = False
+
+    def is_closed(self) -> bool:
+        return self.closed
 
     def reset(self, *, client_only: bool = False) -> None:
         if self.closed:

@@ -1,4 +1,4 @@
-"""F10: network partitions between an orchestrator and Redis (proxy ``blackhole``).
+"""F10, F12: network partitions, orchestrator↔Redis and runner↔orchestrator (proxy ``blackhole``).
 
 The proxy holds bytes across a partition and delivers them in order when it
 heals, as TCP does for a partition shorter than its retransmission timeout.
@@ -7,16 +7,20 @@ heals, as TCP does for a partition shorter than its retransmission timeout.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from datetime import UTC, datetime
 
 import pytest
 
+from conftest import TESTS_DIR, python_env
 from rrq.client import RRQClient
 from rrq.testing import Orchestrator, RedisServer
 
-from .conftest import Harness
+from .conftest import ORACLE_SETTINGS, TIMINGS, Harness, free_port
 from .oracle import Fault, Producer, TerminalMonitor, assert_pass, check
 from .proxy import FaultProxy
 from .test_process_faults import load
@@ -154,3 +158,140 @@ async def test_f10c_partition_shorter_than_the_lease(
     assert "lease lost" not in log_of(a)
     assert_pass(record, dup_budget=0)
     assert record["acked"] == len(ids)
+
+
+class ExternalRunners:
+    """Runner processes the test starts itself (``rrq-runner --connect``), killed at the end."""
+
+    def __init__(self, harness: Harness) -> None:
+        self.harness = harness
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, addr: str) -> int:
+        env = python_env(
+            {
+                "RRQ_ORACLE_LOG": str(self.harness.oracle.path),
+                "RRQ_RUNNER_NAME": "python",
+                "RRQ_RUNNER_MAX_IN_FLIGHT": "4",
+            }
+        )
+        cmd = [sys.executable, "-m", "rrq.runner_cli", "--settings", ORACLE_SETTINGS]
+        process = subprocess.Popen(
+            [*cmd, "--connect", addr], cwd=TESTS_DIR, env=env, start_new_session=True
+        )
+        self.processes.append(process)
+        return process.pid
+
+    def close(self) -> None:
+        for p in self.processes:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+@pytest.fixture
+def external_runners(harness: Harness) -> Iterator[ExternalRunners]:
+    runners = ExternalRunners(harness)
+    try:
+        yield runners
+    finally:
+        runners.close()
+
+
+def log_time(line: str) -> float:
+    """Wall time of an orchestrator log line (it starts with an RFC 3339 UTC stamp)."""
+    stamp = line.split(" ", 1)[0].rstrip("Z")
+    return datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp()
+
+
+@pytest.fixture
+def runner_link() -> Iterator[tuple[int, FaultProxy]]:
+    """The orchestrator's runner port and a proxy in front of it (alive until the row ends)."""
+    port = free_port()
+    with FaultProxy("127.0.0.1", port) as proxy:
+        yield port, proxy
+
+
+async def cut_runner(
+    harness: Harness,
+    producer: Producer,
+    external_runners: ExternalRunners,
+    runner_link: tuple[int, FaultProxy],
+    prefix: str,
+    seconds: float,
+) -> tuple[Orchestrator, set[tuple[str, int]], float, list[float]]:
+    """One orchestrator, two external runners, R1 dialing through a proxy that
+    is blackholed for ``seconds`` while R1 runs jobs. Returns the orchestrator,
+    R1's attempts at the cut, the heal time and when runners were declared lost."""
+    port, proxy = runner_link
+    config = harness.write_config(max_in_flight=4, tcp_socket=f"127.0.0.1:{port}", spawn=False)
+    orch = harness.orchestrator(config, runners=None)
+    r1 = external_runners.start(f"127.0.0.1:{proxy.port}")
+    orch.wait_for_runners(1)
+    await load(producer, prefix, 16, 3000, 5000)
+    await asyncio.to_thread(harness.oracle.wait_running, 4, [r1], 20)
+    external_runners.start(f"127.0.0.1:{port}")
+    orch.wait_for_runners(2)
+    cut = time.time()
+    proxy.set_mode("blackhole")
+    affected = harness.oracle.in_flight_on([r1], cut)
+    await asyncio.sleep(seconds)  # the fault's duration, not a synchronization
+    proxy.set_mode("pass")
+    heal = time.time()
+    lost = [
+        log_time(line) - cut
+        for line in log_of(orch).splitlines()
+        if "runner disconnected" in line and log_time(line) >= cut
+    ]
+    return orch, affected, heal, lost
+
+
+async def test_f12a_runner_partition_longer_than_heartbeat_timeout(
+    harness: Harness,
+    producer: Producer,
+    fault_client: RRQClient,
+    monitor: TerminalMonitor,
+    external_runners: ExternalRunners,
+    runner_link: tuple[int, FaultProxy],
+) -> None:
+    """R1 is cut off for 10 s: declared lost on silence; jobs rerun, late results dropped."""
+    orch, affected, heal, lost = await cut_runner(
+        harness, producer, external_runners, runner_link, "f12a", 10
+    )
+    record = await check(
+        "F12a",
+        fault_client,
+        producer,
+        harness.oracle,
+        monitor,
+        faults=[Fault(heal, len(affected), affected)],
+        quiet_timeout=60,
+    )
+    timeout = TIMINGS["runner_heartbeat_timeout_seconds"]
+    assert lost, "the cut-off runner was never declared lost"
+    print(f"F12a runner declared lost {lost[0]:.3f}s after the cut")
+    assert lost[0] <= timeout + 1.0, f"declared lost {lost[0]:.2f}s after the cut"
+    assert "no heartbeat" in log_of(orch)
+    assert alive(orch)
+    assert_pass(record, dup_budget=len(affected), concurrent_budget=len(affected))
+
+
+@pytest.mark.quick
+async def test_f12b_runner_partition_shorter_than_heartbeat_timeout(
+    harness: Harness,
+    producer: Producer,
+    fault_client: RRQClient,
+    monitor: TerminalMonitor,
+    external_runners: ExternalRunners,
+    runner_link: tuple[int, FaultProxy],
+) -> None:
+    """A 1 s cut (heartbeat timeout 2 s) changes nothing."""
+    orch, _, heal, lost = await cut_runner(
+        harness, producer, external_runners, runner_link, "f12b", 1
+    )
+    record = await check(
+        "F12b", fault_client, producer, harness.oracle, monitor, faults=[Fault(heal, 0)]
+    )
+    assert not lost, f"a runner was declared lost {lost}s after a 1 s cut"
+    assert alive(orch)
+    assert_pass(record, dup_budget=0)

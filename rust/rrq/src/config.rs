@@ -87,6 +87,9 @@ pub struct Config {
     pub recovery_interval_seconds: f64,
     /// Runner heartbeat interval.
     pub runner_heartbeat_interval_seconds: f64,
+    /// Silence after which a runner's stream is declared lost (its TCP
+    /// connection may look healthy across a partition).
+    pub runner_heartbeat_timeout_seconds: f64,
     /// Time a runner has to stop a cancelled handler before it is killed.
     pub cancel_grace_seconds: f64,
     /// Drain time on SIGTERM/SIGINT.
@@ -123,6 +126,7 @@ impl Default for Config {
             lease_renew_interval_seconds: 10.0,
             recovery_interval_seconds: 5.0,
             runner_heartbeat_interval_seconds: 5.0,
+            runner_heartbeat_timeout_seconds: 15.0,
             cancel_grace_seconds: 5.0,
             shutdown_grace_seconds: 30.0,
             runner_routes: BTreeMap::new(),
@@ -275,6 +279,10 @@ impl Config {
                 "runner_heartbeat_interval_seconds",
                 self.runner_heartbeat_interval_seconds,
             ),
+            (
+                "runner_heartbeat_timeout_seconds",
+                self.runner_heartbeat_timeout_seconds,
+            ),
         ];
         for (name, value) in positive {
             // Durations are built from these; a non-finite or huge value would
@@ -312,6 +320,16 @@ impl Config {
                 format!(
                     "must be less than lease_seconds ({}), got {}",
                     self.lease_seconds, self.lease_renew_interval_seconds
+                ),
+            ));
+        }
+        // Two intervals at least: one late heartbeat must not drop a runner.
+        if self.runner_heartbeat_timeout_seconds < 2.0 * self.runner_heartbeat_interval_seconds {
+            return Err((
+                key("runner_heartbeat_timeout_seconds"),
+                format!(
+                    "must be at least twice runner_heartbeat_interval_seconds ({}), got {}",
+                    self.runner_heartbeat_interval_seconds, self.runner_heartbeat_timeout_seconds
                 ),
             ));
         }
@@ -465,6 +483,10 @@ impl Config {
     /// Runner heartbeat interval.
     pub fn heartbeat_interval(&self) -> Duration {
         secs(self.runner_heartbeat_interval_seconds)
+    }
+    /// Silence after which a runner is declared lost.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        secs(self.runner_heartbeat_timeout_seconds)
     }
     /// Grace after a cancel before the runner is killed.
     pub fn cancel_grace(&self) -> Duration {

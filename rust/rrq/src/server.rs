@@ -31,9 +31,6 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// of `max_payload_bytes` each.
 const MIN_DECODING_LIMIT: usize = 64 * 1024 * 1024;
 
-/// Silence intervals after which a stream is considered dead.
-const MISSED_HEARTBEATS: u32 = 3;
-
 /// `RunnerService` implementation shared by every listener.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -55,10 +52,11 @@ impl RunnerService for Endpoint {
         request: Request<Streaming<RunnerMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let mut inbound = request.into_inner();
-        let silence = self.cfg.heartbeat_interval() * MISSED_HEARTBEATS;
+        let silence = self.cfg.heartbeat_timeout();
         let first = match tokio::time::timeout(silence, inbound.message()).await {
             Err(_) => return Err(Status::deadline_exceeded("no hello received")),
-            Ok(Err(status)) => return Err(status),
+            // A first frame that does not decode gets the same status as a later one.
+            Ok(Err(status)) => return Err(inbound_error(&status)),
             Ok(Ok(None)) => return Err(Status::invalid_argument("stream ended before hello")),
             Ok(Ok(Some(m))) => m,
         };
@@ -110,6 +108,23 @@ impl RunnerService for Endpoint {
 }
 
 impl Endpoint {
+    /// The endpoint of `listener_runner`'s listener. [`Listener::serve`]
+    /// builds its own; the wire-format fuzzer (rrq-fuzz, fault row F30) uses
+    /// this to drive `connect` with in-memory streams.
+    pub fn new(
+        cfg: Arc<Config>,
+        dispatcher: Arc<Dispatcher>,
+        instance_id: String,
+        listener_runner: String,
+    ) -> Self {
+        Self {
+            cfg,
+            dispatcher,
+            instance_id,
+            listener_runner,
+        }
+    }
+
     fn check_hello(&self, hello: &RunnerHello) -> Result<(), Status> {
         if hello.protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
@@ -157,7 +172,7 @@ async fn read_loop(
         let message = match next {
             Err(_) => {
                 let _ = tx.send(Err(Status::deadline_exceeded(format!(
-                    "no message for {}s ({MISSED_HEARTBEATS} heartbeat intervals)",
+                    "no message for {}s (runner_heartbeat_timeout_seconds)",
                     silence.as_secs_f64()
                 ))));
                 break "no heartbeat".to_owned();
