@@ -1,4 +1,4 @@
-"""F1, F3, F4, F22: processes killed or stopped under load."""
+"""F1, F3, F4, F5, F22: processes killed or stopped under load."""
 
 from __future__ import annotations
 
@@ -165,6 +165,64 @@ async def test_f3_kill_one_of_two_orchestrators(
     print(f"F3 reclaim delay {delay:.3f}s over {len(affected)} jobs")
     assert_pass(record, dup_budget=len(affected))
     assert delay <= 9.0, f"B reclaimed A's jobs after {delay:.2f}s (R = 4.5 s, 2x slack)"
+
+
+async def test_f5_zombie_orchestrator(
+    harness: Harness, producer: Producer, fault_client: RRQClient, monitor: TerminalMonitor
+) -> None:
+    """A is paused (SIGSTOP) for 2 leases while its runners keep working: B
+    reclaims, and A on waking self-fences; none of its late settles lands."""
+    config = harness.write_config(pool_size=1, max_in_flight=4)
+    a = harness.orchestrator(config, runners=1)
+    a_pids = harness.runner_pids(a)
+    await load(producer, "f5", 16, 4000, 6000)
+    await asyncio.to_thread(harness.oracle.wait_running, 4, a_pids, 20)
+    b = harness.orchestrator(config, runners=1)
+    assert a.process is not None
+    assert b.process is not None
+    stopped_at = time.time()
+    a.signal(signal.SIGSTOP)
+    affected = harness.oracle.in_flight_on(a_pids, stopped_at)
+    await asyncio.sleep(2 * 3)  # the fault: paused for 2 leases (lease 3 s)
+    a.signal(signal.SIGCONT)
+    woke_at = time.time()
+    record = await check(
+        "F5",
+        fault_client,
+        producer,
+        harness.oracle,
+        monitor,
+        faults=[Fault(woke_at, len(affected), affected)],
+        quiet_timeout=40,
+    )
+    # Every affected job ended under an attempt other than A's: A's writes lost.
+    late = []
+    for job, attempt in affected:
+        status = await fault_client.get_job_status(job)
+        assert status is not None
+        if status.attempt <= attempt:
+            late.append(job)
+    overlaps = concurrent_spans(harness, affected)
+    print(f"F5 affected {len(affected)}; A's settles that landed {len(late)}; overlaps {overlaps}")
+    assert a.process.poll() is None, "A exited after the pause"
+    assert not late, f"A settled {late} after its leases were taken"
+    assert_pass(record, dup_budget=len(affected), concurrent_budget=len(affected))
+    # Overlap only inside the pause: A's executions end when it wakes.
+    for _, end in overlaps:
+        assert end <= woke_at + 2.0, f"A's attempt ran until {end - woke_at:.2f}s after waking"
+
+
+def concurrent_spans(harness: Harness, affected: set[tuple[str, int]]) -> list[tuple[str, float]]:
+    """Affected attempts still running when a later attempt of the job started:
+    (job, end of the old attempt)."""
+    events = harness.oracle.events()
+    out = []
+    for job, attempt in affected:
+        ends = [e.t for e in events if e.kind == "end" and e.job == job and e.attempt == attempt]
+        later = [e.t for e in events if e.kind == "start" and e.job == job and e.attempt > attempt]
+        if ends and later and min(later) < min(ends):
+            out.append((job, min(ends)))
+    return out
 
 
 async def test_f4_kill_only_orchestrator_and_restart(
