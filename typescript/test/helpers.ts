@@ -85,7 +85,8 @@ export async function startRedis(): Promise<RedisServer> {
   const dir = tempDir("rrq-ts-redis-");
   const child = spawn(
     "redis-server",
-    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir],
+    // AOF, as the orchestrator requires of a Redis it trusts with jobs.
+    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--dir", dir],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   const output = new OutputWatcher();

@@ -9,12 +9,13 @@ again when Redis answers NOSCRIPT.
 from __future__ import annotations
 
 import importlib.resources
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from rrq.exceptions import (
@@ -203,6 +204,9 @@ class EnqueueReply:
         return self.code == ENQUEUE_CREATED
 
 
+_T = TypeVar("_T")
+
+
 class Store:
     """Key layout and scripts over one redis-py asyncio client."""
 
@@ -217,6 +221,32 @@ class Store:
             script = self.redis.register_script(_load_script(name))
             self._scripts[name] = script
         return script
+
+    async def _read(self, op: Callable[[], Awaitable[_T]]) -> _T:
+        """Runs a read, and once more if its pooled connection had died (Redis
+        restarted since it was last used): a read is safe to repeat."""
+        try:
+            return await op()
+        except RedisConnectionError:
+            await self._drop_idle_connections()
+            return await op()
+
+    async def _read_pipelined(self, commands: Sequence[tuple[str, ...]]) -> list[Any]:
+        """Read-only commands in one round trip, as :meth:`_read`."""
+
+        async def run() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            replies: list[Any] = await pipe.execute()
+            return replies
+
+        return await self._read(run)
+
+    async def _drop_idle_connections(self) -> None:
+        # After a Redis restart every idle pooled connection is dead; drop
+        # them all at once rather than fail once per connection.
+        await self.redis.connection_pool.disconnect(inuse_connections=False)
 
     async def _run(
         self,
@@ -243,7 +273,13 @@ class Store:
                 await script(keys=list(keys), args=list(args), client=pipe)
             # raise_on_error=False keeps each reply's own error (redis-py would
             # otherwise prefix the message with the pipeline position).
-            replies = await pipe.execute(raise_on_error=False)
+            try:
+                replies = await pipe.execute(raise_on_error=False)
+            except RedisConnectionError:
+                # Not repeated here: a write whose reply was lost may have
+                # committed (the caller retries with the same job_id).
+                await self._drop_idle_connections()
+                raise
             for reply in replies:
                 if isinstance(reply, NoScriptError):
                     break
@@ -320,17 +356,16 @@ class Store:
 
     async def queues(self) -> list[str]:
         """Every registered queue name, sorted."""
-        members = await self.redis.smembers(QUEUES_KEY)
+        members = await self._read(lambda: self.redis.smembers(QUEUES_KEY))
         return sorted(_text(m) for m in members)
 
     async def find_status(self, job_id: str, queues: Sequence[str]) -> tuple[str, int] | None:
         """(queue, status number) of the first queue holding ``job_id``, in one round trip."""
         if not queues:
             return None
-        pipe = self.redis.pipeline(transaction=False)
-        for queue in queues:
-            pipe.hget(job_key(queue, job_id), "status")
-        replies = await pipe.execute()
+        replies = await self._read_pipelined(
+            [("HGET", job_key(queue, job_id), "status") for queue in queues]
+        )
         for queue, status in zip(queues, replies, strict=True):
             if status is not None:
                 return queue, int(status)
@@ -342,10 +377,9 @@ class Store:
         """(queue, job hash) of the first queue holding ``job_id``, in one round trip."""
         if not queues:
             return None
-        pipe = self.redis.pipeline(transaction=False)
-        for queue in queues:
-            pipe.hgetall(job_key(queue, job_id))
-        replies = await pipe.execute()
+        replies = await self._read_pipelined(
+            [("HGETALL", job_key(queue, job_id)) for queue in queues]
+        )
         for queue, fields in zip(queues, replies, strict=True):
             if fields:
                 return queue, fields
@@ -353,7 +387,7 @@ class Store:
 
     async def get_job(self, queue: str, job_id: str) -> dict[bytes, bytes] | None:
         """The job hash, or None when it does not exist."""
-        fields = await self.redis.hgetall(job_key(queue, job_id))
+        fields = await self._read(lambda: self.redis.hgetall(job_key(queue, job_id)))
         return cast("dict[bytes, bytes]", fields) or None
 
     async def claim(self, queue: str, *, owner: str, lease_ms: int, max_jobs: int = 1) -> list[Any]:
@@ -420,13 +454,15 @@ class Store:
         """``count`` dead-letter entries from position ``start`` (oldest first), with scores."""
         entries = cast(
             "list[tuple[bytes, float]]",
-            await self.redis.zrange(dlq_key(queue), start, start + count - 1, withscores=True),
+            await self._read(
+                lambda: self.redis.zrange(dlq_key(queue), start, start + count - 1, withscores=True)
+            ),
         )
         return [(_text(member), float(score)) for member, score in entries]
 
     async def dlq_size(self, queue: str) -> int:
         """Number of dead-letter entries of the queue."""
-        return int(await self.redis.zcard(dlq_key(queue)))
+        return int(await self._read(lambda: self.redis.zcard(dlq_key(queue))))
 
     async def dlq_prune(self, queue: str, job_ids: Sequence[str]) -> None:
         """Removes dead-letter entries (whose record expired)."""
@@ -437,21 +473,19 @@ class Store:
         """The job hashes of ``job_ids`` in one round trip (None for a missing one)."""
         if not job_ids:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hgetall(job_key(queue, job_id))
-        replies = await pipe.execute()
+        replies = await self._read_pipelined(
+            [("HGETALL", job_key(queue, job_id)) for job_id in job_ids]
+        )
         return [cast("dict[bytes, bytes]", fields) or None for fields in replies]
 
     async def dlq_queues_of(self, job_ids: Sequence[str], queues: Sequence[str]) -> dict[str, str]:
         """job id -> the queue whose dead-letter queue holds it, in one round trip."""
         if not job_ids or not queues:
             return {}
-        pipe = self.redis.pipeline(transaction=False)
         pairs = [(job_id, queue) for job_id in job_ids for queue in queues]
-        for job_id, queue in pairs:
-            pipe.zscore(dlq_key(queue), job_id)
-        replies = await pipe.execute()
+        replies = await self._read_pipelined(
+            [("ZSCORE", dlq_key(queue), job_id) for job_id, queue in pairs]
+        )
         found: dict[str, str] = {}
         for (job_id, queue), score in zip(pairs, replies, strict=True):
             if score is not None:

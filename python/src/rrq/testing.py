@@ -138,11 +138,11 @@ class ProcessLog:
 class RedisServer:
     """A private redis-server: own directory, a unix socket or a free TCP port.
 
-    No persistence by default; ``aof=True`` turns on AOF with ``appendfsync
-    everysec`` (what the reliability rows run on), and ``maxmemory_policy``
-    sets the eviction policy (``"noeviction"`` for those rows). The port is
-    kept across ``stop()``/``start()``, so a restart on the same directory
-    reloads the AOF.
+    AOF with ``appendfsync everysec`` by default (the orchestrator refuses a
+    Redis that keeps nothing on disk); ``aof=False`` starts one without any
+    persistence. ``maxmemory_policy`` sets the eviction policy
+    (``"noeviction"`` for the reliability rows). The port is kept across
+    ``stop()``/``start()``, so a restart on the same directory reloads the AOF.
     """
 
     def __init__(
@@ -151,7 +151,7 @@ class RedisServer:
         *,
         tcp: bool = False,
         extra_args: tuple[str, ...] = (),
-        aof: bool = False,
+        aof: bool = True,
         maxmemory_policy: str | None = None,
     ) -> None:
         self.directory = Path(directory or tempfile.mkdtemp(prefix="rrq-redis-"))

@@ -168,7 +168,17 @@ class TerminalMonitor:
         self._redis = redis.Redis.from_url(dsn)
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         self._pubsub.psubscribe(**{"rrq:*:done:*": self._on})
-        self._thread = self._pubsub.run_in_thread(sleep_time=0.05, daemon=True)
+        self._thread = self._pubsub.run_in_thread(
+            sleep_time=0.05, daemon=True, exception_handler=self._on_error
+        )
+
+    @staticmethod
+    def _on_error(exc: BaseException, pubsub: Any, thread: Any) -> None:
+        # Redis restarts in F6-F8: keep the thread; the next read reconnects
+        # and resubscribes. Nothing is published while Redis is down.
+        if not isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            raise exc
+        time.sleep(0.05)
 
     def _on(self, message: dict[str, Any]) -> None:
         channel = message["channel"].decode()

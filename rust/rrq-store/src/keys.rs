@@ -17,6 +17,10 @@ pub const CANCEL_PATTERN: &str = "rrq:*:cancel";
 /// (ms) their heartbeat expires.
 pub const ORCHESTRATORS: &str = "rrq:orchestrators";
 
+/// Random value that changes only when Redis loses its data (see the
+/// orchestrator's `epoch` module).
+pub const EPOCH: &str = "rrq:epoch";
+
 /// Hash holding one orchestrator's heartbeat: `rrq:orchestrator:<instance id>`.
 pub fn orchestrator(instance_id: &str) -> String {
     format!("rrq:orchestrator:{instance_id}")

@@ -31,10 +31,13 @@ pub struct RedisServer {
     child: Child,
     /// Its TCP port on 127.0.0.1.
     pub port: u16,
+    dir: std::path::PathBuf,
 }
 
 impl RedisServer {
-    /// Starts one with no persistence and waits until it accepts connections.
+    /// Starts one with AOF (`appendfsync everysec`, what the orchestrator
+    /// requires) in a fresh temporary directory, and waits until it accepts
+    /// connections.
     ///
     /// # Panics
     /// When `redis-server` is not on PATH or does not become ready in time.
@@ -49,9 +52,21 @@ impl RedisServer {
     #[allow(clippy::expect_used, clippy::panic)] // test support: failing loudly is the point
     pub fn start_with(extra_args: &[&str]) -> Self {
         let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("rrq-testkit-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory for redis-server");
         let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+            ])
+            .arg("--dir")
+            .arg(&dir)
             .args(extra_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -70,7 +85,7 @@ impl RedisServer {
                 }
             }
         });
-        let server = Self { child, port };
+        let server = Self { child, port, dir };
         if ready_rx.recv_timeout(START_TIMEOUT).is_err() {
             panic!("redis-server on port {port} did not become ready within {START_TIMEOUT:?}");
         }
@@ -96,5 +111,6 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

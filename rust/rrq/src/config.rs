@@ -106,6 +106,8 @@ pub struct Config {
     /// Start even when Redis may evict keys (`maxmemory-policy` other than
     /// `noeviction`); evicted job records are lost jobs.
     pub allow_evicting_redis: bool,
+    /// Start even when Redis keeps nothing on disk (no AOF, no snapshots).
+    pub allow_ephemeral_redis: bool,
 }
 
 impl Default for Config {
@@ -134,6 +136,7 @@ impl Default for Config {
             cron_misfire_grace_seconds: 60.0,
             cron_jobs: Vec::new(),
             allow_evicting_redis: false,
+            allow_ephemeral_redis: false,
         }
     }
 }
@@ -558,13 +561,19 @@ pub fn validate_schedule(schedule: &str) -> Result<(), String> {
             "{schedule:?} must have 5 fields (minute hour day month weekday) or 6 (with leading seconds), got {fields}"
         ));
     }
-    croner::parser::CronParser::builder()
+    let cron = croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Optional)
         .year(croner::parser::Year::Disallowed)
         .build()
         .parse(schedule)
-        .map(|_| ())
-        .map_err(|e| format!("{schedule:?} is not a valid cron expression: {e}"))
+        .map_err(|e| format!("{schedule:?} is not a valid cron expression: {e}"))?;
+    // A schedule that matches no date (`0 0 30 2 *`, an empty list) never
+    // fires, and every tick search on it scans day by day to year 5000.
+    let since = chrono::DateTime::UNIX_EPOCH;
+    if cron.find_next_occurrence(&since, false).is_err() {
+        return Err(format!("{schedule:?} never fires (it matches no date)"));
+    }
+    Ok(())
 }
 
 /// A toml error as one line: its message plus the line it points at.
@@ -821,6 +830,15 @@ max_in_flight = 10      # Concurrent jobs per runner
             err_key("[[rrq.cron_jobs]]\nfunction_name = \"f\"\nschedule = \"61 * * * *\"\n").0,
             "rrq.cron_jobs[0].schedule"
         );
+        // Schedules that match no date (found by the F30 fuzzer: each tick
+        // search on them scanned to year 5000).
+        for never in ["0 0 30 2 *", "0 , L * *"] {
+            let (key, message) = err_key(&format!(
+                "[[rrq.cron_jobs]]\nfunction_name = \"f\"\nschedule = \"{never}\"\n"
+            ));
+            assert_eq!(key, "rrq.cron_jobs[0].schedule");
+            assert!(message.contains("never fires"), "{message}");
+        }
         assert_eq!(
             err_key("[[rrq.cron_jobs]]\nfunction_name = \"f\"\nschedule = \"* * * * *\"\ntimezone = \"Mars/Base\"\n").0,
             "rrq.cron_jobs[0].timezone"

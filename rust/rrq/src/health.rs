@@ -41,6 +41,8 @@ pub struct Heartbeat {
     pub instance_id: String,
     /// Redis time of the start, ms.
     pub started_at_ms: i64,
+    /// Redis data-loss detection, checked with every heartbeat.
+    pub epoch: crate::epoch::EpochWatch,
 }
 
 /// Host name of this machine.
@@ -73,8 +75,11 @@ impl Heartbeat {
                 )
             })
             .collect();
+        if let Err(e) = self.epoch.check(&mut conn).await {
+            warn!("checking the Redis epoch failed: {e}");
+        }
         let key = keys::orchestrator(&self.instance_id);
-        let fields: [(&str, String); 8] = [
+        let fields: [(&str, String); 9] = [
             ("version", env!("CARGO_PKG_VERSION").to_owned()),
             ("started_at_ms", self.started_at_ms.to_string()),
             ("heartbeat_at_ms", now.to_string()),
@@ -89,6 +94,7 @@ impl Heartbeat {
             ),
             ("pid", std::process::id().to_string()),
             ("host", host_name()),
+            ("redis_data_losses", self.epoch.losses().to_string()),
         ];
         redis::pipe()
             .cmd("ZADD")
@@ -165,6 +171,8 @@ pub struct Instance {
     pub host: String,
     /// Start time (Redis time, ms).
     pub started_at_ms: i64,
+    /// Times this instance saw Redis lose its data (see `epoch`).
+    pub redis_data_losses: i64,
 }
 
 /// Reads the live instances (pruning expired members first).
@@ -213,6 +221,7 @@ pub async fn live_instances(store: &Store) -> redis::RedisResult<Vec<Instance>> 
                 pid: get("pid"),
                 host: get("host"),
                 started_at_ms: num("started_at_ms"),
+                redis_data_losses: num("redis_data_losses"),
             }
         })
         .collect())
@@ -244,8 +253,13 @@ pub fn describe(i: &Instance) -> String {
     } else {
         format!("{:.1}s", i.heartbeat_age_ms as f64 / 1000.0)
     };
+    let losses = if i.redis_data_losses > 0 {
+        format!(" REDIS_DATA_LOSSES={}", i.redis_data_losses)
+    } else {
+        String::new()
+    };
     format!(
-        "{} serving={} queues=[{}] runners=[{}] heartbeat_age={age}",
+        "{} serving={} queues=[{}] runners=[{}] heartbeat_age={age}{losses}",
         i.id,
         if i.serving { "yes" } else { "no" },
         i.queues.join(","),
@@ -282,6 +296,7 @@ mod tests {
             pid: "1".into(),
             host: "h".into(),
             started_at_ms: 0,
+            redis_data_losses: 0,
         }
     }
 

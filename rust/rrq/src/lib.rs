@@ -23,6 +23,7 @@ pub mod config;
 pub mod cron;
 pub mod discovery;
 pub mod dispatcher;
+pub mod epoch;
 pub mod error;
 pub mod health;
 pub mod lease;

@@ -85,9 +85,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     {
         let mut probe = conn.clone();
         let policy = crate::redis_policy::read_policy(&mut probe).await;
-        let verdict = crate::redis_policy::verdict(policy, cfg.allow_evicting_redis);
-        if let Some(message) = crate::redis_policy::apply(&verdict) {
-            return Err(Error::UnsafeRedis(message));
+        let persistence = crate::redis_policy::read_persistence(&mut probe).await;
+        for verdict in [
+            crate::redis_policy::verdict(policy, cfg.allow_evicting_redis),
+            crate::redis_policy::persistence_verdict(persistence, cfg.allow_ephemeral_redis),
+        ] {
+            if let Some(message) = crate::redis_policy::apply(&verdict) {
+                return Err(Error::UnsafeRedis(message));
+            }
         }
     }
     let store = Store::new(conn);
@@ -173,6 +178,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         queues: queues.clone(),
         instance_id: instance_id.clone(),
         started_at_ms,
+        epoch: Default::default(),
     });
     let mut tasks = vec![
         tokio::spawn(

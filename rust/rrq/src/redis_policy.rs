@@ -1,51 +1,117 @@
-//! Start-up check of Redis's eviction policy.
+//! Start-up checks of the Redis configuration that RRQ's guarantee rests on.
 //!
-//! A Redis that may evict keys can drop a job record that was acknowledged to
-//! its producer, which breaks RRQ's guarantee. The orchestrator therefore
-//! refuses to start against one (`maxmemory-policy` other than `noeviction`)
-//! unless `allow_evicting_redis = true`. When `CONFIG GET` is not allowed (a
-//! managed Redis, an ACL user without `@admin`) it warns and starts.
+//! - **Eviction.** A Redis that may evict keys can drop a job record that was
+//!   acknowledged to its producer. The orchestrator refuses to start against
+//!   one (`maxmemory-policy` other than `noeviction`) unless
+//!   `allow_evicting_redis = true`.
+//! - **Persistence.** A Redis that keeps nothing on disk (`appendonly no` and
+//!   no `save` schedule) loses every job when it restarts. The orchestrator
+//!   refuses it unless `allow_ephemeral_redis = true`. Snapshots alone
+//!   (`save` without AOF) start with a warning: a crash loses what was
+//!   acknowledged since the last snapshot, but a stock Redis install runs
+//!   like this and refusing it would turn the quick start into an error.
+//!
+//! When `CONFIG GET` is not allowed (a managed Redis, an ACL user without
+//! `@admin`) each check warns and starts.
 
 use tracing::{info, warn};
 
-/// What to do about the eviction policy Redis reported.
+/// One setting the checks read, with the `rrq.toml` key that overrides a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Risk {
+    /// `maxmemory-policy` may evict keys.
+    Eviction,
+    /// Neither AOF nor snapshots: a restart empties Redis.
+    NoPersistence,
+}
+
+impl Risk {
+    fn override_key(self) -> &'static str {
+        match self {
+            Risk::Eviction => "allow_evicting_redis",
+            Risk::NoPersistence => "allow_ephemeral_redis",
+        }
+    }
+
+    fn danger(self, setting: &str) -> String {
+        match self {
+            Risk::Eviction => format!(
+                "Redis maxmemory-policy is {setting:?}: Redis may evict job records and lose \
+                 acknowledged jobs. Set `maxmemory-policy noeviction` on the Redis server"
+            ),
+            Risk::NoPersistence => format!(
+                "Redis keeps nothing on disk ({setting}): a Redis restart loses every job. \
+                 Turn on `appendonly yes` (with `appendfsync everysec`) on the Redis server"
+            ),
+        }
+    }
+}
+
+/// What to do about what Redis reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// `noeviction`: nothing to say.
+    /// Nothing to say.
     Safe,
-    /// The policy may evict keys, but the operator allowed it: warn.
-    AllowedEvicting(String),
-    /// The policy may evict keys: refuse to start.
-    Refuse(String),
-    /// The policy could not be read: warn and start.
-    Unknown(String),
+    /// Acceptable but weaker than the guarantee: warn with this message.
+    Warn(String),
+    /// Risky, and the operator allowed it: warn.
+    Allowed(Risk, String),
+    /// Risky: refuse to start.
+    Refuse(Risk, String),
+    /// The setting could not be read: warn and start.
+    Unknown(&'static str, String),
 }
 
 /// Decides on the `maxmemory-policy` value (`Err` when it could not be read,
 /// with the reason).
 pub fn verdict(policy: Result<String, String>, allow_evicting: bool) -> Verdict {
     match policy {
-        Err(why) => Verdict::Unknown(why),
+        Err(why) => Verdict::Unknown("maxmemory-policy", why),
         Ok(p) if p.eq_ignore_ascii_case("noeviction") => Verdict::Safe,
-        Ok(p) if allow_evicting => Verdict::AllowedEvicting(p),
-        Ok(p) => Verdict::Refuse(p),
+        Ok(p) if allow_evicting => Verdict::Allowed(Risk::Eviction, p),
+        Ok(p) => Verdict::Refuse(Risk::Eviction, p),
     }
 }
 
-/// The message of a refusal, naming the policy and the override.
-pub fn refusal_message(policy: &str) -> String {
+/// Decides on the `appendonly` and `save` values.
+pub fn persistence_verdict(
+    settings: Result<(String, String), String>,
+    allow_ephemeral: bool,
+) -> Verdict {
+    match settings {
+        Err(why) => Verdict::Unknown("appendonly/save", why),
+        Ok((aof, _)) if aof.eq_ignore_ascii_case("yes") => Verdict::Safe,
+        Ok((_, save)) if !save.trim().is_empty() => Verdict::Warn(format!(
+            "Redis persists by snapshots only (appendonly no, save {save:?}): a Redis crash \
+             loses the jobs acknowledged since the last snapshot; `appendonly yes` closes that window"
+        )),
+        Ok(_) => {
+            let setting = "appendonly no, save \"\"".to_owned();
+            if allow_ephemeral {
+                Verdict::Allowed(Risk::NoPersistence, setting)
+            } else {
+                Verdict::Refuse(Risk::NoPersistence, setting)
+            }
+        }
+    }
+}
+
+/// The message of a refusal, naming the setting and the override.
+pub fn refusal_message(risk: Risk, setting: &str) -> String {
     format!(
-        "Redis maxmemory-policy is {policy:?}: Redis may evict job records and lose \
-         acknowledged jobs. Set `maxmemory-policy noeviction` on the Redis server, or set \
-         `allow_evicting_redis = true` under [rrq] in rrq.toml to start anyway"
+        "{}, or set `{} = true` under [rrq] in rrq.toml to start anyway",
+        risk.danger(setting),
+        risk.override_key()
     )
 }
 
-/// Reads `maxmemory-policy` with `CONFIG GET`.
-pub async fn read_policy(conn: &mut redis::aio::ConnectionManager) -> Result<String, String> {
+async fn config_get(
+    conn: &mut redis::aio::ConnectionManager,
+    name: &str,
+) -> Result<String, String> {
     let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
         .arg("GET")
-        .arg("maxmemory-policy")
+        .arg(name)
         .query_async(conn)
         .await;
     match reply {
@@ -55,28 +121,49 @@ pub async fn read_policy(conn: &mut redis::aio::ConnectionManager) -> Result<Str
     }
 }
 
+/// Reads `maxmemory-policy` with `CONFIG GET`.
+pub async fn read_policy(conn: &mut redis::aio::ConnectionManager) -> Result<String, String> {
+    config_get(conn, "maxmemory-policy").await
+}
+
+/// Reads `appendonly` and `save` with `CONFIG GET`.
+pub async fn read_persistence(
+    conn: &mut redis::aio::ConnectionManager,
+) -> Result<(String, String), String> {
+    Ok((
+        config_get(conn, "appendonly").await?,
+        config_get(conn, "save").await?,
+    ))
+}
+
 /// Applies the verdict: logs, and returns the refusal message when the
 /// orchestrator must not start.
 pub fn apply(v: &Verdict) -> Option<String> {
     match v {
         Verdict::Safe => None,
-        Verdict::AllowedEvicting(p) => {
+        Verdict::Warn(message) => {
+            warn!("{message}");
+            None
+        }
+        Verdict::Allowed(risk, setting) => {
             warn!(
-                policy = %p,
-                "Redis maxmemory-policy may evict job records; starting because allow_evicting_redis = true"
+                "{}; starting because {} = true",
+                risk.danger(setting),
+                risk.override_key()
             );
             None
         }
-        Verdict::Unknown(why) => {
+        Verdict::Unknown(setting, why) => {
             warn!(
                 error = %why,
-                "cannot read Redis maxmemory-policy (CONFIG GET refused?); make sure it is noeviction, or acknowledged jobs may be evicted"
+                "cannot read Redis {setting} (CONFIG GET refused?); RRQ's guarantee needs \
+                 maxmemory-policy noeviction and appendonly yes"
             );
             None
         }
-        Verdict::Refuse(p) => {
-            info!(policy = %p, "refusing to start against an evicting Redis");
-            Some(refusal_message(p))
+        Verdict::Refuse(risk, setting) => {
+            info!(setting = %setting, "refusing to start against this Redis");
+            Some(refusal_message(*risk, setting))
         }
     }
 }
@@ -102,10 +189,13 @@ mod tests {
             "volatile-random",
             "volatile-ttl",
         ] {
-            assert_eq!(verdict(Ok(p.into()), false), Verdict::Refuse(p.into()));
+            assert_eq!(
+                verdict(Ok(p.into()), false),
+                Verdict::Refuse(Risk::Eviction, p.into())
+            );
             assert_eq!(
                 verdict(Ok(p.into()), true),
-                Verdict::AllowedEvicting(p.into())
+                Verdict::Allowed(Risk::Eviction, p.into())
             );
         }
     }
@@ -113,14 +203,46 @@ mod tests {
     #[test]
     fn unreadable_policy_warns() {
         let v = verdict(Err("NOPERM".into()), false);
-        assert_eq!(v, Verdict::Unknown("NOPERM".into()));
+        assert_eq!(v, Verdict::Unknown("maxmemory-policy", "NOPERM".into()));
         assert_eq!(apply(&v), None);
     }
 
     #[test]
     fn refusal_names_policy_and_override() {
-        let m = apply(&Verdict::Refuse("allkeys-lru".into())).unwrap();
+        let m = apply(&Verdict::Refuse(Risk::Eviction, "allkeys-lru".into())).unwrap();
         assert!(m.contains("allkeys-lru"));
         assert!(m.contains("allow_evicting_redis"));
+    }
+
+    #[test]
+    fn aof_is_safe_whatever_the_snapshots() {
+        for save in ["", "3600 1"] {
+            let v = persistence_verdict(Ok(("yes".into(), save.into())), false);
+            assert_eq!(v, Verdict::Safe);
+        }
+    }
+
+    #[test]
+    fn snapshots_only_warn() {
+        let v = persistence_verdict(Ok(("no".into(), "3600 1 300 100".into())), false);
+        assert!(matches!(v, Verdict::Warn(ref m) if m.contains("snapshots only")));
+        assert_eq!(apply(&v), None);
+    }
+
+    #[test]
+    fn no_persistence_is_refused_unless_allowed() {
+        let refused = persistence_verdict(Ok(("no".into(), String::new())), false);
+        let m = apply(&refused).expect("refused");
+        assert!(m.contains("allow_ephemeral_redis"), "{m}");
+        assert!(m.contains("appendonly yes"), "{m}");
+        let allowed = persistence_verdict(Ok(("no".into(), String::new())), true);
+        assert!(matches!(allowed, Verdict::Allowed(Risk::NoPersistence, _)));
+        assert_eq!(apply(&allowed), None);
+    }
+
+    #[test]
+    fn unreadable_persistence_warns() {
+        let v = persistence_verdict(Err("NOPERM".into()), false);
+        assert_eq!(apply(&v), None);
     }
 }
