@@ -60,9 +60,25 @@ end
 if not string.find(params, '^%s*{') then
   return redis.error_reply('RRQ_INVALID_PARAMS params must be a JSON object')
 end
-local ok = pcall(cjson.decode, params)
+-- cjson also accepts NaN and Infinity, which JSON does not have and which
+-- most runners cannot decode: refuse them here, where every producer passes.
+local function finite(v)
+  if type(v) == 'number' then
+    return v == v and v ~= math.huge and v ~= -math.huge
+  end
+  if type(v) == 'table' then
+    for _, x in pairs(v) do
+      if not finite(x) then return false end
+    end
+  end
+  return true
+end
+local ok, decoded = pcall(cjson.decode, params)
 if not ok then
   return redis.error_reply('RRQ_INVALID_PARAMS params are not valid JSON')
+end
+if not finite(decoded) then
+  return redis.error_reply('RRQ_INVALID_PARAMS params hold NaN or Infinity, which JSON does not allow')
 end
 if ARGV[1] == '' then
   return redis.error_reply('RRQ_INVALID_ARGUMENT job id must not be empty')
