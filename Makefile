@@ -15,7 +15,7 @@ RRQ_BIN ?= $(CARGO_TARGET_DIR)/release/rrq
 CARGO := cargo
 RUST := cd rust &&
 
-.PHONY: help setup gen gen-check lint fmt build test test-rust test-python test-typescript conformance faults demo bench bench-compare proto-breaking clean
+.PHONY: help setup gen gen-check lint fmt build test test-rust test-python test-typescript conformance faults fuzz demo bench bench-compare proto-breaking clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -84,6 +84,10 @@ test-typescript: build ## TypeScript tests (node:test) against a real Redis and 
 
 conformance: build ## Every runner language against the real orchestrator: prints the scenario x language matrix
 	RRQ_BIN=$(RRQ_BIN) $(PY) conformance-tests/harness/run.py
+
+FUZZ_SECONDS ?= 60
+fuzz: ## F30 wire-format fuzzing of the Rust decoders, FUZZ_SECONDS each (the Python runner's decoder is fuzzed in `make faults`)
+	$(RUST) $(CARGO) run -q --profile fuzz -p rrq-fuzz -- --target all --seconds $(FUZZ_SECONDS)
 
 faults: build ## Every fault-matrix row (RELIABILITY.md Tier 1) with its checker line; the quick rows also run in test-python
 	cd python && RRQ_BIN=$(RRQ_BIN) $(BIN)/pytest -q -s -m faults tests/faults

@@ -240,6 +240,21 @@ def _params_from_json(params_json: str) -> dict[str, Any]:
     return params
 
 
+# The range of datetime (0001-01-01 .. 9999-12-31 23:59:59 UTC) in epoch ms.
+_MIN_WIRE_MS = -62_135_596_800_000
+_MAX_WIRE_MS = 253_402_300_799_000
+
+
+def _datetime_from_wire_ms(ms: int) -> datetime:
+    """Epoch ms from the orchestrator as a datetime, clamped to datetime's range.
+
+    The values come from the job record (a deadline is the claim time plus the
+    job's timeout), which may hold any int64; one out of range must not crash
+    the runner.
+    """
+    return datetime.fromtimestamp(min(max(ms, _MIN_WIRE_MS), _MAX_WIRE_MS) / 1000, tz=UTC)
+
+
 def _execute_from_wire(req: runner_pb2.ExecutionRequest) -> Execute:
     try:
         params = _params_from_json(req.params_json)
@@ -253,8 +268,8 @@ def _execute_from_wire(req: runner_pb2.ExecutionRequest) -> Execute:
     context = ExecutionContext(
         attempt=req.attempt,
         queue_name=req.queue_name,
-        enqueued_at=datetime.fromtimestamp(req.enqueued_at_ms / 1000, tz=UTC),
-        deadline=datetime.fromtimestamp(req.deadline_ms / 1000, tz=UTC),
+        enqueued_at=_datetime_from_wire_ms(req.enqueued_at_ms),
+        deadline=_datetime_from_wire_ms(req.deadline_ms),
         max_retries=req.max_retries,
         trace_context=trace,
     )

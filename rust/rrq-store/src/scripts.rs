@@ -708,7 +708,9 @@ fn enqueue_invocation(req: &EnqueueRequest) -> redis::ScriptInvocation<'static> 
     inv
 }
 
-fn parse_enqueued(reply: Value) -> Result<Enqueued> {
+/// Decodes an `enqueue.lua` reply. Public for the wire-format fuzzer (rrq-fuzz, fault row F30).
+#[doc(hidden)]
+pub fn parse_enqueued(reply: Value) -> Result<Enqueued> {
     let items = array("enqueue", reply)?;
     let [flag, id, third] = fixed::<3>("enqueue", items)?;
     let id = string("enqueue", id)?;
@@ -788,7 +790,9 @@ fn is_noscript(r: &RedisResult<Value>) -> bool {
     matches!(r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
 }
 
-fn parse_settle(job_id: &str, v: Value) -> Result<Settled> {
+/// Decodes one `settle.lua` reply of job `job_id`. Public for the wire-format fuzzer (rrq-fuzz, fault row F30).
+#[doc(hidden)]
+pub fn parse_settle(job_id: &str, v: Value) -> Result<Settled> {
     let [flag, a, b] = fixed::<3>("settle", array("settle", v)?)?;
     if int("settle", flag)? == 1 {
         Ok(Settled {
@@ -804,7 +808,9 @@ fn parse_settle(job_id: &str, v: Value) -> Result<Settled> {
     }
 }
 
-fn parse_renewed(reply: Value) -> Result<Renewed> {
+/// Decodes a `renew_lease.lua` reply. Public for the wire-format fuzzer (rrq-fuzz, fault row F30).
+#[doc(hidden)]
+pub fn parse_renewed(reply: Value) -> Result<Renewed> {
     const S: &str = "renew_lease";
     let [lost, cancel] = fixed::<2>(S, array(S, reply)?)?;
     let ids = |v: Value| -> Result<Vec<String>> {
@@ -820,7 +826,9 @@ fn parse_renewed(reply: Value) -> Result<Renewed> {
     })
 }
 
-fn parse_claim(reply: Value) -> Result<Claim> {
+/// Decodes a `claim.lua` reply. Public for the wire-format fuzzer (rrq-fuzz, fault row F30).
+#[doc(hidden)]
+pub fn parse_claim(reply: Value) -> Result<Claim> {
     const S: &str = "claim";
     let mut items = array(S, reply)?.into_iter();
     let (Some(now), Some(next)) = (items.next(), items.next()) else {

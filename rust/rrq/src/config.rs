@@ -567,11 +567,29 @@ pub fn validate_schedule(schedule: &str) -> Result<(), String> {
         .build()
         .parse(schedule)
         .map_err(|e| format!("{schedule:?} is not a valid cron expression: {e}"))?;
-    // A schedule that matches no date (`0 0 30 2 *`, an empty list) never
-    // fires, and every tick search on it scans day by day to year 5000.
-    let since = chrono::DateTime::UNIX_EPOCH;
-    if cron.find_next_occurrence(&since, false).is_err() {
-        return Err(format!("{schedule:?} never fires (it matches no date)"));
+    // A schedule that matches no time of day or no date (`0 0 30 2 *`, an
+    // empty list) never fires, and every tick search on it would scan to
+    // croner's year 5000. The calendar, weekdays included, repeats every 400
+    // years, so one such cycle tells.
+    let p = &cron.pattern;
+    let time = (0..60).any(|s| p.second_match(s).unwrap_or(false))
+        && (0..60).any(|m| p.minute_match(m).unwrap_or(false))
+        && (0..24).any(|h| p.hour_match(h).unwrap_or(false));
+    let date = || {
+        (2000..2400).any(|y| {
+            (1..=12).any(|m| {
+                p.month_match(m).unwrap_or(false)
+                    && (1..=31).any(|d| {
+                        chrono::NaiveDate::from_ymd_opt(y, m, d).is_some()
+                            && p.day_match(y, m, d).unwrap_or(false)
+                    })
+            })
+        })
+    };
+    if !(time && date()) {
+        return Err(format!(
+            "{schedule:?} never fires (it matches no date or time)"
+        ));
     }
     Ok(())
 }

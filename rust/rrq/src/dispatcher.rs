@@ -342,7 +342,12 @@ impl Dispatcher {
         // A held job starts its clock when it is dispatched, not when claimed.
         let held_ms = c.claimed_at.elapsed().as_millis() as i64;
         let held_ms = if held_ms < 5 { 0 } else { held_ms };
-        let deadline_ms = c.claim_now_ms + held_ms + timeout_ms;
+        // Saturating: job_timeout_ms comes from the job hash, which may hold
+        // any integer (a planted or foreign job), e.g. i64::MAX.
+        let deadline_ms = c
+            .claim_now_ms
+            .saturating_add(held_ms)
+            .saturating_add(timeout_ms);
         let fire_at = tokio::time::Instant::from_std(c.claimed_at)
             + Duration::from_millis(held_ms as u64)
             + timeout;
