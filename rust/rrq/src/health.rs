@@ -213,7 +213,7 @@ pub async fn live_instances(store: &Store) -> redis::RedisResult<Vec<Instance>> 
                 runners: serde_json::from_str(&get("runners"))
                     .unwrap_or(serde_json::Value::Object(Default::default())),
                 heartbeat_age_ms: if f.contains_key("heartbeat_at_ms") {
-                    (now - num("heartbeat_at_ms")).max(0)
+                    now.saturating_sub(num("heartbeat_at_ms")).max(0)
                 } else {
                     -1
                 },
