@@ -165,7 +165,7 @@ impl Client {
             Some(rest) => format!("redis+unix://{rest}"),
             None => config.redis_dsn.clone(),
         };
-        let redis = redis::Client::open(dsn.as_str())?;
+        let redis = rrq_store::open_client(dsn.as_str())?;
         let store = Store::connect(&redis).await?;
         Ok(Self {
             config,

@@ -8,10 +8,12 @@
 //!
 //! Job statuses are the `rrq.v1.JobStatus` numbers; see [`rrq_proto::v1::JobStatus`].
 
+pub mod connect;
 pub mod error;
 pub mod keys;
 pub mod scripts;
 
+pub use connect::open_client;
 pub use error::{Error, Result, is_retryable_redis};
 pub use keys::QueueKeys;
 pub use rrq_proto::v1::JobStatus;

@@ -70,7 +70,7 @@ where
 }
 
 async fn connect(dsn: &str) -> Result<Store, Failure> {
-    let client = redis::Client::open(dsn).map_err(|e| Failure(2, format!("redis_dsn: {e}")))?;
+    let client = rrq_store::open_client(dsn).map_err(|e| Failure(2, format!("redis_dsn: {e}")))?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(3)))
         .set_response_timeout(Some(Duration::from_secs(10)));

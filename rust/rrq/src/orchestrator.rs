@@ -66,7 +66,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         dsn: dsn.clone(),
         source,
     };
-    let client = redis::Client::open(cfg.redis_dsn.as_str()).map_err(redis_err)?;
+    let client = rrq_store::open_client(&cfg.redis_dsn).map_err(redis_err)?;
     let conn = redis::aio::ConnectionManager::new_with_config(
         client.clone(),
         redis::aio::ConnectionManagerConfig::new()
