@@ -277,8 +277,8 @@ impl Listener {
         // serve_with_incoming ignores the builder's tcp_nodelay, so set it on
         // the incoming sockets: with Nagle on, a small execute written while
         // the runner delays its ACK waits 40 ms (seen as the pickup p99).
-        let incoming = tonic::transport::server::TcpIncoming::from(self.listener)
-            .with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true));
         tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
