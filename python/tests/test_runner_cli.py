@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -9,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from conftest import python_env
+from rrq import _wire
 from rrq.registry import Registry
 from rrq.runner import ExecutionRequest
 from rrq.runner_cli import SettingsError, load_settings
 from rrq.runner_settings import PythonRunnerSettings
+from rrq.v1 import runner_pb2
 
 
 async def handler(request: ExecutionRequest) -> None:
@@ -122,3 +125,27 @@ def test_cli_help() -> None:
     assert done.returncode == 0
     assert "--settings" in done.stdout
     assert "--connect" in done.stdout
+
+
+def test_queued_outcome_batches_leave_as_one_message() -> None:
+    """The runner's writer merges outcome batches queued behind each other,
+    keeping every other message (and the close) in order."""
+    def outcomes(*ids: str) -> runner_pb2.RunnerMessage:
+        batch = runner_pb2.OutcomeBatch(
+            outcomes=[runner_pb2.Outcome(job_id=i, attempt=1) for i in ids]
+        )
+        return runner_pb2.RunnerMessage(outcomes=batch)
+
+    queued: asyncio.Queue[runner_pb2.RunnerMessage | None] = asyncio.Queue()
+    heartbeat = runner_pb2.RunnerMessage(heartbeat=runner_pb2.Heartbeat(in_flight=2))
+    for m in (outcomes("b"), heartbeat, outcomes("c"), outcomes("d"), None, outcomes("e")):
+        queued.put_nowait(m)
+    out = _wire.coalesce(outcomes("a"), queued)
+    kinds = [m.WhichOneof("kind") if m is not None else None for m in out]
+    assert kinds == ["outcomes", "heartbeat", "outcomes", None]
+    first, _, third, _ = out
+    assert first is not None
+    assert third is not None
+    assert [o.job_id for o in first.outcomes.outcomes] == ["a", "b"]
+    assert [o.job_id for o in third.outcomes.outcomes] == ["c", "d"]
+    assert queued.qsize() == 1  # what follows the close stays queued

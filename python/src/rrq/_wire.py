@@ -326,6 +326,33 @@ def _encode_outcome(outcome: Outcome) -> runner_pb2.Outcome:
     return wire
 
 
+def coalesce(
+    first: runner_pb2.RunnerMessage,
+    queued: asyncio.Queue[runner_pb2.RunnerMessage | None],
+) -> list[runner_pb2.RunnerMessage | None]:
+    """``first`` plus every message already ``queued`` behind it, with runs of
+    outcome batches merged into one message. A grpc write is the runner's
+    costliest step per message; while one is in flight, outcomes pile up in
+    the queue and leave together. Order is kept; ``None`` (close) ends the list.
+    """
+    out: list[runner_pb2.RunnerMessage | None] = [first]
+    while not queued.empty():
+        nxt = queued.get_nowait()
+        last = out[-1]
+        if (
+            nxt is not None
+            and last is not None
+            and nxt.WhichOneof("kind") == "outcomes"
+            and last.WhichOneof("kind") == "outcomes"
+        ):
+            last.outcomes.outcomes.extend(nxt.outcomes.outcomes)
+            continue
+        out.append(nxt)
+        if nxt is None:
+            break
+    return out
+
+
 class Stream:
     """The runner's end of one ``RunnerService.Connect`` stream.
 
@@ -344,7 +371,11 @@ class Stream:
     async def _write_all(self) -> None:
         try:
             while (message := await self._outgoing.get()) is not None:
-                await self._call.write(message)
+                for coalesced in coalesce(message, self._outgoing):
+                    if coalesced is None:
+                        await self._call.done_writing()
+                        return
+                    await self._call.write(coalesced)
             await self._call.done_writing()
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             return  # the stream is over; read() reports why
