@@ -139,8 +139,10 @@ elseif rule == 'debounce' then
   local d = redis.call('HMGET', rule_key, 'job_id', 'first_at_ms')
   if d[1] then
     local waiting_key = job_prefix .. d[1]
-    local w = redis.call('HMGET', waiting_key, 'status', 'attempt')
-    if tonumber(w[1]) == STATUS_PENDING and tonumber(w[2]) == 0 then
+    -- Only the job this window opened counts: a cancelled one's record may
+    -- have expired and its id been reused by an unrelated job.
+    local w = redis.call('HMGET', waiting_key, 'status', 'attempt', 'debounce_key')
+    if tonumber(w[1]) == STATUS_PENDING and tonumber(w[2]) == 0 and w[3] == ARGV[15] then
       -- The window is open: the waiting job takes the newest params and waits again.
       local when = now + window
       if max_wait > 0 then
@@ -149,6 +151,8 @@ elseif rule == 'debounce' then
       when = math.max(when, run_at)
       redis.call('HSET', waiting_key, 'params_json', params, 'run_at_ms', when)
       redis.call('ZADD', due_key, when, d[1])
+      -- The pointer must outlive the job's new run time (as when it was opened).
+      redis.call('PEXPIRE', rule_key, (when - now) + max_wait + 3600000)
       redis.call('PUBLISH', ARGV[13], when)
       return {4, d[1], when}
     end

@@ -64,8 +64,9 @@ local result_ttl = tonumber(f[5]) or tonumber(ARGV[8])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+-- lease_owner stays as the owner of the last attempt: the fence also checks
+-- the status, and the next claim overwrites it (one command less per settle).
 redis.call('ZREM', active_key, id)
-redis.call('HDEL', job_key, 'lease_owner')
 
 -- Appends one failed attempt to errors_json and sets last_error/last_error_type.
 local function record_error(message, error_type)
@@ -82,8 +83,9 @@ local function record_error(message, error_type)
     'last_error', message, 'last_error_type', error_type)
 end
 
-local function finish(new_status, ttl_ms)
-  redis.call('HSET', job_key, 'status', new_status, 'finished_at_ms', now)
+-- `...` are more field/value pairs written in the same HSET.
+local function finish(new_status, ttl_ms, ...)
+  redis.call('HSET', job_key, 'status', new_status, 'finished_at_ms', now, ...)
   redis.call('PEXPIRE', job_key, ttl_ms)
   redis.call('PUBLISH', ARGV[11], new_status)
   return {1, new_status, 0}
@@ -102,8 +104,7 @@ local function dead_letter()
 end
 
 if action == 'complete' then
-  redis.call('HSET', job_key, 'result_json', ARGV[5])
-  return finish(STATUS_COMPLETED, result_ttl)
+  return finish(STATUS_COMPLETED, result_ttl, 'result_json', ARGV[5])
 elseif action == 'retry' or action == 'fail' then
   record_error(ARGV[5], ARGV[6])
   if cancel_requested then
@@ -114,13 +115,11 @@ elseif action == 'retry' or action == 'fail' then
   end
   return wait_again(STATUS_RETRYING, now + tonumber(ARGV[7]))
 elseif action == 'cancel' then
-  redis.call('HSET', job_key, 'last_error', ARGV[5], 'last_error_type', 'Cancelled')
-  return finish(STATUS_CANCELLED, result_ttl)
+  return finish(STATUS_CANCELLED, result_ttl, 'last_error', ARGV[5], 'last_error_type', 'Cancelled')
 elseif action == 'release' then
   if cancel_requested then
-    redis.call('HSET', job_key, 'last_error', 'cancelled while the orchestrator shut down',
-      'last_error_type', 'Cancelled')
-    return finish(STATUS_CANCELLED, result_ttl)
+    return finish(STATUS_CANCELLED, result_ttl, 'last_error',
+      'cancelled while the orchestrator shut down', 'last_error_type', 'Cancelled')
   end
   -- The released attempt never happened as far as the record is concerned.
   redis.call('HSET', job_key, 'attempt', attempt - 1)
