@@ -48,9 +48,9 @@ async def test_enqueue_writes_the_record_per_the_schema(
 
     assert uuid.UUID(job_id).version == 7
     record = await job_hash(raw, queue, job_id)
-    assert record["id"] == job_id
+    assert "id" not in record  # the id and the queue are in the key
+    assert "queue_name" not in record
     assert record["function_name"] == "send_email"
-    assert record["queue_name"] == queue
     assert json.loads(record["params_json"]) == {"to": "a@b.c", "n": 1}
     assert record["status"] == "1"  # JOB_STATUS_PENDING
     assert record["attempt"] == "0"

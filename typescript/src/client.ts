@@ -496,7 +496,7 @@ export class RRQClient {
   async getJobStatus(jobId: string): Promise<JobResult | null> {
     nonEmptyString("jobId", jobId);
     const found = await this.#locate(jobId);
-    return found === null ? null : jobResultFromHash(found[1]);
+    return found === null ? null : jobResultFromHash(found[1], jobId, found[0]);
   }
 
   /**
@@ -533,7 +533,7 @@ export class RRQClient {
         const waiting = wake.promise;
         const fields = await within(store.getJob(queue, jobId));
         if (fields === null) throw new JobNotFoundError(jobId);
-        const result = jobResultFromHash(fields);
+        const result = jobResultFromHash(fields, jobId, queue);
         if (isTerminal(result.status)) return result;
         await within(waiting);
         wake = deferred();

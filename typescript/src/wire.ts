@@ -79,7 +79,8 @@ function errorsFromJson(errorsJson: string | undefined): AttemptError[] {
 }
 
 /** Converts a job hash (as HGETALL returns it) into a `JobResult`. */
-export function jobResultFromHash(fields: JobHash): JobResult {
+/** A job hash as a JobResult; the id and queue are in the record's key, not in the hash. */
+export function jobResultFromHash(fields: JobHash, jobId: string, queue: string): JobResult {
   let result: unknown = null;
   const resultJson = fields["result_json"];
   if (resultJson) {
@@ -91,10 +92,10 @@ export function jobResultFromHash(fields: JobHash): JobResult {
   }
   const cancel = fields["cancel_requested"] ?? "";
   return {
-    jobId: fields["id"] ?? "",
+    jobId: fields["id"] || jobId,
     status: jobStatusFromNumber(int(fields["status"])),
     functionName: fields["function_name"] ?? "",
-    queueName: fields["queue_name"] ?? "",
+    queueName: fields["queue_name"] || queue,
     attempt: int(fields["attempt"]),
     maxRetries: int(fields["max_retries"]),
     result,

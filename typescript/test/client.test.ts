@@ -105,9 +105,9 @@ describe("enqueue", () => {
     const redis = client.store.redis;
     assert.ok((await redis.smembers("rrq:queues")).includes(q));
     const hash = await redis.hgetall(`rrq:{${q}}:job:${id}`);
-    assert.equal(hash["id"], id);
+    assert.equal(hash["id"], undefined); // the id and the queue are in the key
+    assert.equal(hash["queue_name"], undefined);
     assert.equal(hash["function_name"], "send");
-    assert.equal(hash["queue_name"], q);
     assert.equal(hash["params_json"], '{"to":"ä@example.com","n":1,"f":1e-05,"nested":{"list":[true,null]}}');
     assert.equal(hash["status"], "1");
     assert.equal(hash["attempt"], "0");

@@ -111,9 +111,15 @@ def _errors_from_json(errors_json: str) -> list[AttemptError]:
     return errors
 
 
-def job_result_from_hash(fields: Mapping[bytes, bytes]) -> JobResult:
-    """Converts a job hash (as returned by HGETALL) into a :class:`JobResult`."""
+def job_result_from_hash(fields: Mapping[bytes, bytes], job_id: str, queue: str) -> JobResult:
+    """Converts a job hash (as returned by HGETALL) into a :class:`JobResult`.
+
+    The id and the queue are in the record's key, not in the hash (the hash
+    stays small); the caller that read the key passes them.
+    """
     job = _job_from_hash(fields)
+    job.id = job.id or job_id
+    job.queue_name = job.queue_name or queue
     result: Any = None
     if job.result_json:
         try:

@@ -528,7 +528,7 @@ class RRQClient:
     async def get_job_status(self, job_id: str) -> JobResult | None:
         """The job's current record, or None when no such job exists (or it expired)."""
         found = await self._locate(job_id)
-        return None if found is None else _wire.job_result_from_hash(found[1])
+        return None if found is None else _wire.job_result_from_hash(found[1], job_id, found[0])
 
     async def wait_for_result(
         self,
@@ -555,7 +555,7 @@ class RRQClient:
                     fields = await store.get_job(queue, job_id)
                     if fields is None:
                         raise JobNotFoundError(job_id)
-                    result = _wire.job_result_from_hash(fields)
+                    result = _wire.job_result_from_hash(fields, job_id, queue)
                     if result.status.is_terminal:
                         return result
                     await self._next_message(pubsub)
@@ -620,7 +620,7 @@ class RRQClient:
                 if fields is None:
                     expired.append(job_id)
                 else:
-                    live.append((score, _wire.job_result_from_hash(fields)))
+                    live.append((score, _wire.job_result_from_hash(fields, job_id, queue)))
             await store.dlq_prune(queue, expired)
             start += len(entries) - len(expired)  # pruned entries no longer take a position
         return live
@@ -653,7 +653,7 @@ class RRQClient:
         if fields is None:
             await store.dlq_prune(queue, [job_id])
             return None
-        return _wire.job_result_from_hash(fields)
+        return _wire.job_result_from_hash(fields, job_id, queue)
 
     async def _dlq_targets(
         self, job_ids: Sequence[str], queue_name: str | None

@@ -116,10 +116,8 @@ class Job:
 
     def fields(self) -> dict[str, Any]:
         """The hash as Redis must hold it (errors_json as its decoded list)."""
-        out: dict[str, Any] = {
-            "id": self.id,
+        out: dict[str, Any] = {  # id and queue are in the key, not in the hash
             "function_name": self.function_name,
-            "queue_name": self.queue_name,
             "params_json": self.params_json,
             "status": str(self.status),
             "attempt": str(self.attempt),

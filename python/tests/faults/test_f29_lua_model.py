@@ -881,8 +881,8 @@ def structure_violations(
     for job, (ttl, f) in jobs.items():
         status, attempt = int(f["status"]), int(f["attempt"])
         where = f"job {job} (status {status}, attempt {attempt})"
-        if f.get("id") != job:
-            problems.append(f"{where}: id field {f.get('id')!r}")
+        if "id" in f or "queue_name" in f:
+            problems.append(f"{where}: the hash repeats its key's id or queue")
         stale_dlq = job in dlq and dlq[job] < int(f["enqueued_at_ms"])
         places = [name for name, z in (("due", due), ("active", active)) if job in z]
         if job in dlq and not stale_dlq:

@@ -437,7 +437,8 @@ impl Client {
         if let Some(queue) = cached
             && let Some(fields) = self.store.job(&queue, id).await?
         {
-            return Ok(Some((queue, JobResult::from_fields(&fields))));
+            let result = JobResult::from_fields(&fields, id, &queue);
+            return Ok(Some((queue, result)));
         }
         let Some(queue) = self.store.find_job_queue(id).await? else {
             return Ok(None);
@@ -446,7 +447,8 @@ impl Client {
             return Ok(None);
         };
         self.remember(id, &queue);
-        Ok(Some((queue, JobResult::from_fields(&fields))))
+        let result = JobResult::from_fields(&fields, id, &queue);
+        Ok(Some((queue, result)))
     }
 
     /// The job's current record, or `None` when no such job exists (or it expired).
@@ -487,7 +489,7 @@ impl Client {
             let Some(fields) = self.store.job(&queue, job_id).await? else {
                 return Err(Error::NotFound(job_id.to_owned()));
             };
-            let result = JobResult::from_fields(&fields);
+            let result = JobResult::from_fields(&fields, job_id, &queue);
             if result.status.is_terminal() {
                 return Ok(result);
             }

@@ -130,8 +130,15 @@ fn time(ms: i64) -> Option<SystemTime> {
 }
 
 impl JobResult {
-    /// Converts a job hash (every field, as from `HGETALL`).
-    pub fn from_fields(fields: &BTreeMap<String, String>) -> Self {
+    /// Converts a job hash (every field, as from `HGETALL`) of job `id` in
+    /// `queue`: both are in the record's key, not in the hash.
+    pub fn from_fields(fields: &BTreeMap<String, String>, id: &str, queue: &str) -> Self {
+        let or = |k: &str, default: &str| {
+            fields
+                .get(k)
+                .filter(|v| !v.is_empty())
+                .map_or_else(|| default.to_owned(), Clone::clone)
+        };
         let text = |k: &str| fields.get(k).cloned().unwrap_or_default();
         let int = |k: &str| {
             fields
@@ -148,10 +155,10 @@ impl JobResult {
             .filter(|r| !r.is_empty())
             .map(|r| serde_json::from_str(r).unwrap_or_else(|_| Value::String(r.clone())));
         JobResult {
-            job_id: text("id"),
+            job_id: or("id", id),
             status: JobStatus::from_number(i32::try_from(int("status")).unwrap_or(0)),
             function_name: text("function_name"),
-            queue_name: text("queue_name"),
+            queue_name: or("queue_name", queue),
             attempt: int("attempt"),
             max_retries: int("max_retries"),
             result,
@@ -208,7 +215,6 @@ mod tests {
     fn reads_a_record() {
         let mut f = BTreeMap::new();
         for (k, v) in [
-            ("id", "j"),
             ("status", "4"),
             ("attempt", "2"),
             ("result_json", r#"{"a":1}"#),
@@ -220,7 +226,8 @@ mod tests {
         ] {
             f.insert(k.to_owned(), v.to_owned());
         }
-        let r = JobResult::from_fields(&f);
+        let r = JobResult::from_fields(&f, "j", "q");
+        assert_eq!((r.job_id.as_str(), r.queue_name.as_str()), ("j", "q"));
         assert_eq!(r.status, JobStatus::Completed);
         assert!(r.status.is_terminal());
         assert_eq!(r.result, Some(serde_json::json!({"a": 1})));

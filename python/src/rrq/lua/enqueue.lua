@@ -10,7 +10,7 @@
 -- KEYS[4]  job key prefix  rrq:{<queue>}:job:   (only with unique and debounce)
 -- ARGV[1]  job id
 -- ARGV[2]  function_name
--- ARGV[3]  queue_name
+-- ARGV[3]  queue_name (unused here: the queue is in every key; kept for a stable call)
 -- ARGV[4]  params_json (UTF-8 JSON text of an object)
 -- ARGV[5]  max_retries            (integer >= 0)
 -- ARGV[6]  job_timeout_ms         (integer >= 0; 0 = orchestrator default)
@@ -165,10 +165,10 @@ elseif rule == 'debounce' then
   run_at = math.max(first_run, run_at)
 end
 
+-- The id and the queue are in the key, so the hash does not repeat them:
+-- every field costs memory on each of a backlog's jobs.
 local fields = {
-  'id', ARGV[1],
   'function_name', ARGV[2],
-  'queue_name', ARGV[3],
   'params_json', params,
   'status', STATUS_PENDING,
   'attempt', 0,

@@ -102,11 +102,15 @@ class Job(_message.Message):
     DEBOUNCE_KEY_FIELD_NUMBER: _builtins.int
     CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Unique id of the job. Producers may choose it; otherwise a UUIDv7 is used."""
+    """Unique id of the job. Producers may choose it; otherwise a UUIDv7 is used.
+    Not a field of the Redis hash: it is in the key, `rrq:{<queue>}:job:<id>`.
+    """
     function_name: _builtins.str
     """Name of the handler to run, optionally prefixed `runner#handler`."""
     queue_name: _builtins.str
-    """Queue the job waits in. Also the Redis Cluster hash tag of its keys."""
+    """Queue the job waits in. Also the Redis Cluster hash tag of its keys.
+    Not a field of the Redis hash: it is in the key.
+    """
     params_json: _builtins.str
     """Handler parameters: UTF-8 JSON text of an object."""
     status: Global___JobStatus.ValueType

@@ -9,12 +9,14 @@
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Job {
     /// Unique id of the job. Producers may choose it; otherwise a UUIDv7 is used.
+    /// Not a field of the Redis hash: it is in the key, `rrq:{<queue>}:job:<id>`.
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
     /// Name of the handler to run, optionally prefixed `runner#handler`.
     #[prost(string, tag = "2")]
     pub function_name: ::prost::alloc::string::String,
     /// Queue the job waits in. Also the Redis Cluster hash tag of its keys.
+    /// Not a field of the Redis hash: it is in the key.
     #[prost(string, tag = "3")]
     pub queue_name: ::prost::alloc::string::String,
     /// Handler parameters: UTF-8 JSON text of an object.

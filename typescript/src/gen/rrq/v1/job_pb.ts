@@ -26,6 +26,7 @@ export const file_rrq_v1_job: GenFile = /*@__PURE__*/
 export type Job = Message<"rrq.v1.Job"> & {
   /**
    * Unique id of the job. Producers may choose it; otherwise a UUIDv7 is used.
+   * Not a field of the Redis hash: it is in the key, `rrq:{<queue>}:job:<id>`.
    *
    * @generated from field: string id = 1;
    */
@@ -40,6 +41,7 @@ export type Job = Message<"rrq.v1.Job"> & {
 
   /**
    * Queue the job waits in. Also the Redis Cluster hash tag of its keys.
+   * Not a field of the Redis hash: it is in the key.
    *
    * @generated from field: string queue_name = 3;
    */
