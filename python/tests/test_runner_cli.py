@@ -130,6 +130,7 @@ def test_cli_help() -> None:
 def test_queued_outcome_batches_leave_as_one_message() -> None:
     """The runner's writer merges outcome batches queued behind each other,
     keeping every other message (and the close) in order."""
+
     def outcomes(*ids: str) -> runner_pb2.RunnerMessage:
         batch = runner_pb2.OutcomeBatch(
             outcomes=[runner_pb2.Outcome(job_id=i, attempt=1) for i in ids]
