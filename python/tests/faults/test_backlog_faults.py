@@ -15,7 +15,6 @@ descheduled, e.g. while an AOF-rewrite child and other builds share the two
 cores) is told apart from a call that works too long: the row fails on a
 script's time net of such stalls (``net_ms``) and reports the raw entries.
 
-F20 is xfail while Redis holds more than 1 KB per job (MEMORY_GAP below).
 Each run prints one ``CHECKER {...}`` JSON line with its measurements.
 """
 
@@ -70,15 +69,12 @@ RUNNERS = 2
 MAX_IN_FLIGHT = 32
 # The bulk load's rate assumed when a due time must fall after it (the measured one is ~30k/s).
 SLOW_LOAD_RATE = 20_000
-# RRQ's job hash holds params_json (200 B here) next to 8 small fields; a value
+# RRQ's job hash holds params_json (200 B here) next to 7 small fields; a value
 # over hash-max-listpack-value (64 B by default) turns the whole hash into a
-# hashtable (~740 B/hash). Measured alternatives at 200 B params: the fields id
-# and queue_name dropped (they are in the key) ~940 B/job; params in their own
-# string key ~680 B/job; hash-max-listpack-value 512 ~650 B/job.
-MEMORY_GAP = (
-    "known gap: {} B/job > 1 KB/job with 200 B params (the job hash leaves the listpack "
-    "encoding); see MEMORY_GAP's comment"
-)
+# hashtable (~740 B/hash), which dominates the bytes per job. Measured
+# alternatives at 200 B params: params in their own string key ~680 B/job;
+# hash-max-listpack-value 512 on the server ~650 B/job.
+MAX_BYTES_PER_JOB = 1024
 
 
 def _timeout(jobs: int) -> int:
@@ -280,8 +276,7 @@ async def test_f20_backlog_without_runners(
     assert rss_claiming <= base * 1.1, record
     # Claim cost O(log N): a backlog 50-100x larger may cost at most 3x (log is ~1.5x).
     assert claim_big[1] <= 3 * claim_small[1] + 20, record
-    if bytes_per_job > 1024:
-        pytest.xfail(MEMORY_GAP.format(bytes_per_job))
+    assert bytes_per_job <= MAX_BYTES_PER_JOB, record
 
 
 @pytest.mark.timeout(_timeout(F24_JOBS))
