@@ -100,8 +100,16 @@ class ExternalRunners:
         self.logs: list[ProcessLog] = []
         self.started = 0
 
-    def start(self, count: int) -> None:
-        env = python_env({"RRQ_ORACLE_LOG": str(self.oracle_log), "RRQ_LOG_LEVEL": "WARNING"})
+    def start(
+        self, count: int, *, addr: str | None = None, max_in_flight: int | None = None
+    ) -> list[int]:
+        """Starts ``count`` runners dialing ``addr`` (default: the orchestrator's
+        port; a fault proxy's address puts them behind it); returns their pids."""
+        extra = {"RRQ_ORACLE_LOG": str(self.oracle_log), "RRQ_LOG_LEVEL": "WARNING"}
+        if max_in_flight is not None:
+            extra["RRQ_RUNNER_MAX_IN_FLIGHT"] = str(max_in_flight)
+        env = python_env(extra)
+        pids = []
         for _ in range(count):
             process = subprocess.Popen(
                 [
@@ -111,7 +119,7 @@ class ExternalRunners:
                     "--settings",
                     "faults.oracle_handlers:settings",
                     "--connect",
-                    f"127.0.0.1:{self.port}",
+                    addr or f"127.0.0.1:{self.port}",
                 ],
                 cwd=TESTS_DIR,
                 env=env,
@@ -123,6 +131,8 @@ class ExternalRunners:
             self.processes.append(process)
             self.logs.append(ProcessLog(process.stdout, self.dir / f"runner-{self.started}.log"))
             self.started += 1
+            pids.append(process.pid)
+        return pids
 
     def stop(self, timeout: float = 15) -> None:
         """SIGTERM (a graceful drain) and wait; SIGKILL what is left."""

@@ -7,8 +7,6 @@ heals, as TCP does for a partition shorter than its retransmission timeout.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -16,11 +14,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from conftest import TESTS_DIR, python_env
 from rrq.client import RRQClient
 from rrq.testing import Orchestrator, RedisServer
 
-from .conftest import ORACLE_SETTINGS, TIMINGS, Harness, free_port
+from .backlog_tools import ExternalRunners
+from .conftest import TIMINGS, Harness, free_port
 from .oracle import Fault, Producer, TerminalMonitor, assert_pass, check
 from .proxy import FaultProxy
 from .test_process_faults import load
@@ -58,6 +56,29 @@ async def partition(proxies: list[FaultProxy], seconds: float) -> tuple[float, f
     return cut, time.time()
 
 
+async def cut_one_orchestrator(
+    harness: Harness,
+    producer: Producer,
+    proxies: list[FaultProxy],
+    prefix: str,
+    sleep_ms: tuple[int, int],
+    seconds: float,
+) -> tuple[Orchestrator, Orchestrator, list[str], set[tuple[str, int]], float]:
+    """A (through proxies[0]) runs 4 jobs at a time, B joins directly, then A's
+    Redis link is cut for ``seconds``. Returns A, B, the job ids, A's attempts
+    at the cut and the heal time."""
+    a = harness.orchestrator(
+        harness.write_config(via(proxies[0]), pool_size=1, max_in_flight=4), runners=1
+    )
+    a_pids = harness.runner_pids(a)
+    ids = await load(producer, prefix, 16, *sleep_ms)
+    await asyncio.to_thread(harness.oracle.wait_running, 4, a_pids, 20)
+    # B's lease recovery takes A's jobs once their leases lapse in Redis.
+    b = harness.orchestrator(harness.write_config(pool_size=1, max_in_flight=4), runners=1)
+    cut, heal = await partition(proxies[:1], seconds)
+    return a, b, ids, harness.oracle.in_flight_on(a_pids, cut), heal
+
+
 async def test_f10a_partition_one_orchestrator(
     harness: Harness,
     producer: Producer,
@@ -66,15 +87,9 @@ async def test_f10a_partition_one_orchestrator(
     proxies: list[FaultProxy],
 ) -> None:
     """A is cut off for 10 s (lease 3 s): it self-fences, B reclaims, A's late writes are fenced."""
-    a = harness.orchestrator(
-        harness.write_config(via(proxies[0]), pool_size=1, max_in_flight=4), runners=1
+    a, b, ids, affected, heal = await cut_one_orchestrator(
+        harness, producer, proxies, "f10a", (5000, 8000), 10
     )
-    a_pids = harness.runner_pids(a)
-    ids = await load(producer, "f10a", 16, 5000, 8000)
-    await asyncio.to_thread(harness.oracle.wait_running, 3, a_pids, 20)
-    b = harness.orchestrator(harness.write_config(pool_size=1, max_in_flight=4), runners=1)
-    cut, heal = await partition(proxies[:1], 10)
-    affected = harness.oracle.in_flight_on(a_pids, cut)
     record = await check(
         "F10a",
         fault_client,
@@ -135,15 +150,9 @@ async def test_f10c_partition_shorter_than_the_lease(
     proxies: list[FaultProxy],
 ) -> None:
     """A 2 s partition (< lease - renew interval) costs nothing: no reclaim, no re-run."""
-    a = harness.orchestrator(
-        harness.write_config(via(proxies[0]), pool_size=1, max_in_flight=4), runners=1
+    a, b, ids, _, heal = await cut_one_orchestrator(
+        harness, producer, proxies, "f10c", (3000, 4000), 2
     )
-    a_pids = harness.runner_pids(a)
-    ids = await load(producer, "f10c", 12, 3000, 4000)
-    await asyncio.to_thread(harness.oracle.wait_running, 4, a_pids, 20)
-    # B's lease recovery would take A's jobs if their leases lapsed in Redis.
-    b = harness.orchestrator(harness.write_config(pool_size=1, max_in_flight=4), runners=1)
-    _, heal = await partition(proxies[:1], 2)
     record = await check(
         "F10c",
         fault_client,
@@ -160,42 +169,16 @@ async def test_f10c_partition_shorter_than_the_lease(
     assert record["acked"] == len(ids)
 
 
-class ExternalRunners:
-    """Runner processes the test starts itself (``rrq-runner --connect``), killed at the end."""
-
-    def __init__(self, harness: Harness) -> None:
-        self.harness = harness
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self, addr: str) -> int:
-        env = python_env(
-            {
-                "RRQ_ORACLE_LOG": str(self.harness.oracle.path),
-                "RRQ_RUNNER_NAME": "python",
-                "RRQ_RUNNER_MAX_IN_FLIGHT": "4",
-            }
-        )
-        cmd = [sys.executable, "-m", "rrq.runner_cli", "--settings", ORACLE_SETTINGS]
-        process = subprocess.Popen(
-            [*cmd, "--connect", addr], cwd=TESTS_DIR, env=env, start_new_session=True
-        )
-        self.processes.append(process)
-        return process.pid
-
-    def close(self) -> None:
-        for p in self.processes:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-
-
 @pytest.fixture
-def external_runners(harness: Harness) -> Iterator[ExternalRunners]:
-    runners = ExternalRunners(harness)
+def runner_link(harness: Harness) -> Iterator[tuple[ExternalRunners, FaultProxy]]:
+    """Runners dialing the orchestrator's runner port, and a proxy in front of
+    that port (both alive until the row ends)."""
+    runners = ExternalRunners(harness.dir, free_port(), harness.oracle.path)
     try:
-        yield runners
+        with FaultProxy("127.0.0.1", runners.port) as proxy:
+            yield runners, proxy
     finally:
-        runners.close()
+        runners.kill()
 
 
 def log_time(line: str) -> float:
@@ -204,33 +187,26 @@ def log_time(line: str) -> float:
     return datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp()
 
 
-@pytest.fixture
-def runner_link() -> Iterator[tuple[int, FaultProxy]]:
-    """The orchestrator's runner port and a proxy in front of it (alive until the row ends)."""
-    port = free_port()
-    with FaultProxy("127.0.0.1", port) as proxy:
-        yield port, proxy
-
-
 async def cut_runner(
     harness: Harness,
     producer: Producer,
-    external_runners: ExternalRunners,
-    runner_link: tuple[int, FaultProxy],
+    runner_link: tuple[ExternalRunners, FaultProxy],
     prefix: str,
     seconds: float,
 ) -> tuple[Orchestrator, set[tuple[str, int]], float, list[float]]:
     """One orchestrator, two external runners, R1 dialing through a proxy that
     is blackholed for ``seconds`` while R1 runs jobs. Returns the orchestrator,
     R1's attempts at the cut, the heal time and when runners were declared lost."""
-    port, proxy = runner_link
-    config = harness.write_config(max_in_flight=4, tcp_socket=f"127.0.0.1:{port}", spawn=False)
+    runners, proxy = runner_link
+    config = harness.write_config(
+        max_in_flight=4, tcp_socket=f"127.0.0.1:{runners.port}", spawn=False
+    )
     orch = harness.orchestrator(config, runners=None)
-    r1 = external_runners.start(f"127.0.0.1:{proxy.port}")
+    [r1] = runners.start(1, addr=f"127.0.0.1:{proxy.port}", max_in_flight=4)
     orch.wait_for_runners(1)
     await load(producer, prefix, 16, 3000, 5000)
     await asyncio.to_thread(harness.oracle.wait_running, 4, [r1], 20)
-    external_runners.start(f"127.0.0.1:{port}")
+    runners.start(1, max_in_flight=4)
     orch.wait_for_runners(2)
     cut = time.time()
     proxy.set_mode("blackhole")
@@ -251,13 +227,10 @@ async def test_f12a_runner_partition_longer_than_heartbeat_timeout(
     producer: Producer,
     fault_client: RRQClient,
     monitor: TerminalMonitor,
-    external_runners: ExternalRunners,
-    runner_link: tuple[int, FaultProxy],
+    runner_link: tuple[ExternalRunners, FaultProxy],
 ) -> None:
     """R1 is cut off for 10 s: declared lost on silence; jobs rerun, late results dropped."""
-    orch, affected, heal, lost = await cut_runner(
-        harness, producer, external_runners, runner_link, "f12a", 10
-    )
+    orch, affected, heal, lost = await cut_runner(harness, producer, runner_link, "f12a", 10)
     record = await check(
         "F12a",
         fault_client,
@@ -282,13 +255,10 @@ async def test_f12b_runner_partition_shorter_than_heartbeat_timeout(
     producer: Producer,
     fault_client: RRQClient,
     monitor: TerminalMonitor,
-    external_runners: ExternalRunners,
-    runner_link: tuple[int, FaultProxy],
+    runner_link: tuple[ExternalRunners, FaultProxy],
 ) -> None:
     """A 1 s cut (heartbeat timeout 2 s) changes nothing."""
-    orch, _, heal, lost = await cut_runner(
-        harness, producer, external_runners, runner_link, "f12b", 1
-    )
+    orch, _, heal, lost = await cut_runner(harness, producer, runner_link, "f12b", 1)
     record = await check(
         "F12b", fault_client, producer, harness.oracle, monitor, faults=[Fault(heal, 0)]
     )

@@ -16,6 +16,7 @@ from rrq.testing import RedisServer
 
 from .conftest import Harness, config_text
 from .oracle import Fault, HandlerLog, Producer, TerminalMonitor, assert_pass, check
+from .test_redis_config import run_orchestrator
 
 READY = "rrq orchestrator ready"
 DATA_LOSS = "CRITICAL: Redis lost its data"
@@ -112,27 +113,21 @@ async def restart_under_load(
     assert record["acked"] > 0
 
 
-async def test_f6_redis_crash_with_aof(
+@pytest.mark.parametrize(
+    ("row", "graceful"), [("F6", False), ("F7", True)], ids=["f6-sigkill", "f7-shutdown"]
+)
+async def test_f6_f7_redis_restart_with_aof(
     harness: Harness,
     producer: Producer,
     fault_client: RRQClient,
     monitor: TerminalMonitor,
     fault_redis: RedisServer,
+    row: str,
+    graceful: bool,
 ) -> None:
+    """F6: SIGKILL Redis under load; F7: SHUTDOWN it. Restarted on its AOF after 1 s."""
     await restart_under_load(
-        harness, producer, fault_client, monitor, fault_redis, "F6", graceful=False
-    )
-
-
-async def test_f7_redis_graceful_restart_with_aof(
-    harness: Harness,
-    producer: Producer,
-    fault_client: RRQClient,
-    monitor: TerminalMonitor,
-    fault_redis: RedisServer,
-) -> None:
-    await restart_under_load(
-        harness, producer, fault_client, monitor, fault_redis, "F7", graceful=True
+        harness, producer, fault_client, monitor, fault_redis, row, graceful=graceful
     )
 
 
@@ -190,21 +185,10 @@ def wait_for_loss_count(r: redis.Redis, timeout: float) -> int:
         time.sleep(0.1)  # bounded poll: the heartbeat is rewritten every 2 s
 
 
-def run_burst(harness: Harness, config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [harness.binary, "worker", "run", "--config", str(config), "--burst"],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        cwd=harness.dir,
-        check=False,
-    )
-
-
 @pytest.mark.quick
 def test_f8_ephemeral_redis_is_refused(harness: Harness, tmp_path: Path) -> None:
     with RedisServer(tmp_path / "none", tcp=True, aof=False) as ephemeral:
-        refused = run_burst(harness, harness.write_config(ephemeral.dsn))
+        refused = run_orchestrator(harness, harness.write_config(ephemeral.dsn))
         print(f"F8 refusal: exit {refused.returncode}: {refused.stderr.strip().splitlines()[-1]}")
         assert refused.returncode == 2
         assert "allow_ephemeral_redis" in refused.stderr
@@ -212,12 +196,12 @@ def test_f8_ephemeral_redis_is_refused(harness: Harness, tmp_path: Path) -> None
 
         allowed = tmp_path / "allowed.toml"
         allowed.write_text(config_text(ephemeral.dsn, allow_ephemeral_redis=True), "utf-8")
-        started = run_burst(harness, allowed)
+        started = run_orchestrator(harness, allowed)
         assert started.returncode == 0, started.stderr
         assert "allow_ephemeral_redis = true" in started.stderr
 
     snapshots = ("--save", "3600 1")
     with RedisServer(tmp_path / "rdb", tcp=True, aof=False, extra_args=snapshots) as rdb:
-        warned = run_burst(harness, harness.write_config(rdb.dsn))
+        warned = run_orchestrator(harness, harness.write_config(rdb.dsn))
         assert warned.returncode == 0, warned.stderr
         assert "snapshots only" in warned.stderr
