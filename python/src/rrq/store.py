@@ -263,6 +263,23 @@ class Store:
         (Redis restarted or SCRIPT FLUSH).
         """
         script = self._script(name)
+        if not before and name in self._loaded:
+            # The common case, one loaded script: a plain EVALSHA skips the
+            # pipeline's bookkeeping (a third of a sequential enqueue's time).
+            try:
+                direct: list[Any] = await self.redis.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                self._loaded.discard(name)  # reloaded below
+            except RedisConnectionError:
+                await self._drop_idle_connections()
+                raise
+            except ResponseError as exc:
+                typed = script_error(exc)
+                if typed is not None:
+                    raise typed from exc
+                raise
+            else:
+                return direct
         for attempt in range(2):
             pipe = self.redis.pipeline(transaction=False)
             for command, command_args in before:
