@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.resources
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, NoReturn, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -148,6 +148,14 @@ def script_error(exc: ResponseError) -> RRQError | None:
     return error_type(message or code)
 
 
+def _raise_script_error(exc: ResponseError) -> NoReturn:
+    """Raises a script's error reply as its typed RRQ error, else as it is."""
+    typed = script_error(exc)
+    if typed is not None:
+        raise typed from exc
+    raise exc
+
+
 def _load_script(name: str) -> str:
     return importlib.resources.files("rrq").joinpath("lua", f"{name}.lua").read_text("utf-8")
 
@@ -274,10 +282,7 @@ class Store:
                 await self._drop_idle_connections()
                 raise
             except ResponseError as exc:
-                typed = script_error(exc)
-                if typed is not None:
-                    raise typed from exc
-                raise
+                _raise_script_error(exc)
             else:
                 return direct
         for attempt in range(2):
@@ -301,10 +306,7 @@ class Store:
                 if isinstance(reply, NoScriptError):
                     break
                 if isinstance(reply, ResponseError):
-                    typed = script_error(reply)
-                    if typed is not None:
-                        raise typed from reply
-                    raise reply
+                    _raise_script_error(reply)
             else:
                 self._loaded.add(name)
                 result: list[Any] = replies[-1]  # every script returns an array
