@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -49,3 +50,41 @@ async def wait_for_subscriber(redis: aioredis.Redis, channel: str) -> None:
         return bool(counts and counts[0][1] > 0)
 
     await wait_until(subscribed, f"a subscription to {channel}")
+
+
+Snapshot = dict[bytes, tuple[bytes, bool]]
+
+
+async def keyspace_snapshot(redis: aioredis.Redis) -> Snapshot:
+    """Every key's serialized value, and whether it carries a TTL."""
+    names = [name async for name in redis.scan_iter(count=1000)]
+    pipe = redis.pipeline(transaction=False)
+    for name in names:
+        pipe.dump(name)
+        pipe.pttl(name)
+    replies = await pipe.execute()
+    snapshot: Snapshot = {}
+    for index, name in enumerate(names):
+        value, ttl = replies[2 * index], replies[2 * index + 1]
+        if value is not None:  # expired between SCAN and DUMP
+            snapshot[name] = (value, ttl >= 0)
+    return snapshot
+
+
+@asynccontextmanager
+async def nothing_written(redis: aioredis.Redis) -> AsyncIterator[None]:
+    """Asserts that the block added, changed or deleted no key.
+
+    The test Redis is shared by the whole session, so other tests' keys with a
+    TTL may expire meanwhile: a key that had a TTL and is gone is not a write.
+    Comparing DBSIZE instead made the check fail whenever one did.
+    """
+    before = await keyspace_snapshot(redis)
+    yield
+    after = await keyspace_snapshot(redis)
+    added = sorted(after.keys() - before.keys())
+    changed = sorted(k for k in after.keys() & before.keys() if after[k][0] != before[k][0])
+    deleted = sorted(k for k in before.keys() - after.keys() if not before[k][1])
+    assert not added, f"the block added keys {added}"
+    assert not changed, f"the block changed keys {changed}"
+    assert not deleted, f"the block deleted keys {deleted}"

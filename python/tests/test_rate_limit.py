@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from helpers import wait_until
+from helpers import nothing_written, wait_until
 from rrq import store as keys
 from rrq.client import RRQClient
 from rrq.job import JobStatus
@@ -21,10 +21,9 @@ async def test_first_call_accepted_later_ones_rejected_without_writes(
     assert status is not None
     assert status.rate_limit_key == "user-1"
     redis = client.store.redis
-    before = await redis.dbsize()
-    for _ in range(3):
-        assert await client.enqueue_with_rate_limit("f", options) is None
-    assert await redis.dbsize() == before
+    async with nothing_written(redis):
+        for _ in range(3):
+            assert await client.enqueue_with_rate_limit("f", options) is None
     ttl = await redis.pttl(keys.rate_limit_key(queue, "user-1"))
     assert 50_000 < ttl <= 60_000
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from helpers import nothing_written
 from rrq.client import RRQClient
 from rrq.exceptions import InvalidOptionError
 
@@ -102,13 +103,11 @@ CASES: list[tuple[str, Call, str]] = [
 async def test_rejected_with_the_option_named_and_nothing_written(
     client: RRQClient, call: Call, option: str
 ) -> None:
-    redis = client.store.redis
-    before = await redis.dbsize()
-    with pytest.raises(InvalidOptionError) as info:
-        await call(client)
+    async with nothing_written(client.store.redis):
+        with pytest.raises(InvalidOptionError) as info:
+            await call(client)
     assert option in str(info.value)
     assert info.value.option == option
-    assert await redis.dbsize() == before
 
 
 async def test_rule_key_to_the_wrong_method_names_the_right_one(client: RRQClient) -> None:

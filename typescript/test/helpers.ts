@@ -3,12 +3,14 @@
  * binary spawning rrq-ts-runner. Nothing is mocked; nothing sleeps to
  * synchronise: tests wait on process output lines, files and job results.
  */
+import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, watch, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import type { Redis } from "ioredis";
 
 export const PACKAGE_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 export const REPO_DIR = resolve(PACKAGE_DIR, "..");
@@ -195,4 +197,43 @@ export function waitForFile(path: string, timeoutMs = 20_000): Promise<void> {
     });
     if (existsSync(path)) done();
   });
+}
+
+type Snapshot = Map<string, { value: string; expires: boolean }>;
+
+/** Every key's serialized value (DUMP, hex), and whether it carries a TTL. */
+async function keyspaceSnapshot(redis: Redis): Promise<Snapshot> {
+  const names: string[] = [];
+  let cursor = "0";
+  do {
+    const [next, batch] = await redis.scan(cursor, "COUNT", 1000);
+    names.push(...batch);
+    cursor = next;
+  } while (cursor !== "0");
+  const pipe = redis.pipeline();
+  for (const name of names) pipe.dumpBuffer(name).pttl(name);
+  const replies = (await pipe.exec()) ?? [];
+  const snapshot: Snapshot = new Map();
+  names.forEach((name, index) => {
+    const value = replies[2 * index]?.[1] as Buffer | null;
+    const ttl = replies[2 * index + 1]?.[1] as number;
+    if (value !== null) snapshot.set(name, { value: value.toString("hex"), expires: ttl >= 0 }); // null: expired after SCAN
+  });
+  return snapshot;
+}
+
+/**
+ * Runs `block` and fails when it added, changed or deleted a key. A key that
+ * had a TTL and is gone expired meanwhile; it is not a write (comparing
+ * DBSIZE instead failed whenever one did).
+ */
+export async function nothingWritten<T>(redis: Redis, block: () => Promise<T>): Promise<T> {
+  const before = await keyspaceSnapshot(redis);
+  const result = await block();
+  const after = await keyspaceSnapshot(redis);
+  const added = [...after.keys()].filter((k) => !before.has(k));
+  const changed = [...after.keys()].filter((k) => before.has(k) && before.get(k)?.value !== after.get(k)?.value);
+  const deleted = [...before.keys()].filter((k) => !after.has(k) && !before.get(k)?.expires);
+  assert.deepEqual({ added, changed, deleted }, { added: [], changed: [], deleted: [] }, "the block wrote to Redis");
+  return result;
 }
