@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.resources
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn, TypeVar, cast
+from typing import Any, Final, NamedTuple, NoReturn, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -189,6 +189,19 @@ ENQUEUE_CREATED: Final = 1
 ENQUEUE_UNIQUE_HELD: Final = 2
 ENQUEUE_RATE_LIMITED: Final = 3
 ENQUEUE_DEBOUNCED: Final = 4
+
+
+class SettleArgs(NamedTuple):
+    """One settle of a ``settle.lua`` batch (see the script's header)."""
+
+    job_id: str
+    attempt: int
+    owner: str
+    action: str
+    payload: str = ""
+    error_type: str = ""
+    retry_delay_ms: int = 0
+    traceback: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,25 +445,40 @@ class Store:
         default_result_ttl_ms: int = 86_400_000,
         dlq_retention_ms: int = 604_800_000,
     ) -> list[Any]:
-        """Runs settle.lua (used by tests that play the orchestrator)."""
-        return await self._run(
-            "settle",
-            [job_key(queue, job_id), due_key(queue), active_key(queue), dlq_key(queue)],
-            [
-                job_id,
-                attempt,
-                owner,
-                action,
-                payload,
-                error_type,
-                retry_delay_ms,
-                default_result_ttl_ms,
-                dlq_retention_ms,
-                wake_channel(queue),
-                done_channel(queue, job_id),
-                traceback,
-            ],
+        """One settle through settle.lua: ``[applied, status, run_at_or_attempt]``."""
+        settle = SettleArgs(
+            job_id, attempt, owner, action, payload, error_type, retry_delay_ms, traceback
         )
+        replies = await self.settle_batch(
+            queue,
+            [settle],
+            default_result_ttl_ms=default_result_ttl_ms,
+            dlq_retention_ms=dlq_retention_ms,
+        )
+        return replies[0]
+
+    async def settle_batch(
+        self,
+        queue: str,
+        settles: Sequence[SettleArgs],
+        *,
+        default_result_ttl_ms: int = 86_400_000,
+        dlq_retention_ms: int = 604_800_000,
+    ) -> list[list[Any]]:
+        """Runs settle.lua on a batch of one queue's settles, as the orchestrator
+        does (used by tests that play the orchestrator): one reply per settle."""
+        args: list[Any] = [
+            default_result_ttl_ms,
+            dlq_retention_ms,
+            wake_channel(queue),
+            done_channel_prefix(queue),
+        ]
+        for s in settles:
+            args += [s.job_id, s.attempt, s.owner, s.action, s.payload, s.error_type]
+            args += [s.retry_delay_ms, s.traceback]
+        keys = [due_key(queue), active_key(queue), dlq_key(queue), job_key_prefix(queue)]
+        flat = await self._run("settle", keys, args)
+        return [list(flat[i : i + 3]) for i in range(0, len(flat), 3)]
 
     async def cancel(
         self, queue: str, job_id: str, *, reason: str, default_result_ttl_ms: int

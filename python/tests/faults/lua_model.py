@@ -45,6 +45,7 @@ CANCELLED: Final = 6
 WAITING: Final = frozenset({PENDING, RETRYING})
 TERMINAL: Final = frozenset({COMPLETED, FAILED, CANCELLED})
 MAX_ERRORS: Final = 100
+SETTLE_ACTIONS: Final = frozenset({"complete", "retry", "fail", "cancel", "release"})
 
 # Script bugs F29 found that are not fixed yet, by id. The property runs
 # tolerate them (the model does what the script does today, so the runs keep
@@ -410,6 +411,22 @@ class LuaModel:
 
     # ----------------------------------------------------------------- settle
 
+    def settle_batch(
+        self, settles: list[dict[str, Any]], default_result_ttl_ms: int, dlq_retention_ms: int
+    ) -> list[list[Any]]:
+        """settle.lua's batch: every action checked first, then each settle in order.
+
+        Each item holds :meth:`settle`'s arguments by name, without the two defaults.
+        """
+        if any(s["action"] not in SETTLE_ACTIONS for s in settles):
+            raise ScriptError(INVALID_ARGUMENT)
+        return [
+            self.settle(
+                **s, default_result_ttl_ms=default_result_ttl_ms, dlq_retention_ms=dlq_retention_ms
+            )
+            for s in settles
+        ]
+
     def settle(
         self,
         job_id: str,
@@ -424,7 +441,7 @@ class LuaModel:
         dlq_retention_ms: int,
     ) -> list[Any]:
         """settle.lua: apply an attempt's outcome, fenced by (attempt, owner)."""
-        if action not in ("complete", "retry", "fail", "cancel", "release"):
+        if action not in SETTLE_ACTIONS:
             raise ScriptError(INVALID_ARGUMENT)
         job = self.jobs.get(job_id)
         if not self.holds(job_id, attempt, owner):

@@ -78,6 +78,7 @@ from rrq.exceptions import RRQError
 from rrq.store import (
     QUEUES_KEY,
     EnqueueArgs,
+    SettleArgs,
     Store,
     active_key,
     debounce_key_prefix,
@@ -612,9 +613,10 @@ class World:
                 return job_id
         return job
 
-    def _op_settle(
+    def _settle_item(
         self, job: str, redirect: bool, fence: str, action: str, retry_delay_ms: int, traceback: str
-    ) -> tuple[Any, Any, Allowed]:
+    ) -> dict[str, Any]:
+        """One settle's arguments, its fence taken from the model as it is now."""
         job = self._target(job, redirect, lambda j: j.status == ACTIVE)
         current = self.model.job(job)
         attempt = current.attempt if current else 0
@@ -625,39 +627,54 @@ class World:
             attempt += 1
         elif fence == "other_owner":
             owner = OWNERS[1] if owner == OWNERS[0] else OWNERS[0]
-        payload = '{"r":1}' if action == "complete" else f"{action} by {owner}"
-        error_type = "" if action == "complete" else "ValueError"
+        return {
+            "job_id": job,
+            "attempt": attempt,
+            "owner": owner,
+            "action": action,
+            "payload": '{"r":1}' if action == "complete" else f"{action} by {owner}",
+            "error_type": "" if action == "complete" else "ValueError",
+            "traceback": traceback,
+            "retry_delay_ms": retry_delay_ms,
+        }
+
+    def _op_settle(self, **spec: Any) -> tuple[Any, Any, Allowed]:
+        """One settle, as settle.lua's batch of one."""
+        return self._op_settle_batch([spec])
+
+    def _op_settle_batch(self, items: list[dict[str, Any]]) -> tuple[Any, Any, Allowed]:
+        """Several settles in one settle.lua call, as the orchestrator sends them; every
+        fence is read before the first applies, so a job named twice goes stale."""
+        settles = [self._settle_item(**item) for item in items]
+        batch = [
+            SettleArgs(
+                s["job_id"],
+                s["attempt"],
+                s["owner"],
+                s["action"],
+                s["payload"],
+                s["error_type"],
+                s["retry_delay_ms"],
+                s["traceback"],
+            )
+            for s in settles
+        ]
         expected, actual = self._call(
-            lambda: self.model.settle(
-                job,
-                attempt,
-                owner,
-                action,
-                payload,
-                error_type,
-                traceback,
-                retry_delay_ms,
-                DEFAULT_RESULT_TTL_MS,
-                DLQ_RETENTION_MS,
-            ),
-            lambda: self.env.store.settle(
+            lambda: self.model.settle_batch(settles, DEFAULT_RESULT_TTL_MS, DLQ_RETENTION_MS),
+            lambda: self.env.store.settle_batch(
                 QUEUE,
-                job,
-                attempt=attempt,
-                owner=owner,
-                action=action,
-                payload=payload,
-                error_type=error_type,
-                traceback=traceback,
-                retry_delay_ms=retry_delay_ms,
+                batch,
                 default_result_ttl_ms=DEFAULT_RESULT_TTL_MS,
                 dlq_retention_ms=DLQ_RETENTION_MS,
             ),
         )
-        stale = not _holds(self.snap, job, attempt, owner)
-        allowed = Allowed(unchanged=stale)
-        if action == "release":
-            allowed.attempt_back_by_one.add(job)
+        if len(items) == 1 and expected[:1] != ["error"]:
+            # A single settle's reply is its one triple (the recorded regressions).
+            expected = expected[0]
+            actual = actual[0] if isinstance(actual, list) and actual[:1] != ["error"] else actual
+        holding = [_holds(self.snap, s["job_id"], s["attempt"], s["owner"]) for s in settles]
+        allowed = Allowed(unchanged=not any(holding))
+        allowed.attempt_back_by_one |= {s["job_id"] for s in settles if s["action"] == "release"}
         return expected, actual, allowed
 
     def _op_cancel(self, job: str, redirect: bool) -> tuple[Any, Any, Allowed]:
@@ -768,6 +785,8 @@ def _outcome(op: str, args: Mapping[str, Any], reply: Any) -> str:
         return f"renew:lost={bool(reply[0])}:cancel={bool(reply[1])}"
     if op == "settle":
         return f"settle:{args['action']}:{'stale' if reply[0] == 0 else reply[1]}"
+    if op == "settle_batch":
+        return f"settle_batch:{sum(1 for r in reply if r[0] == 1)}_applied"
     if op == "cancel":
         return f"cancel:{reply[0]}"
     if op == "recover":
@@ -1007,6 +1026,21 @@ PLAIN_ENQUEUE: Final[Mapping[str, Any]] = {
     "trace_parent": "",
 }
 
+_SETTLE_ITEM: Final = st.fixed_dictionaries(
+    {
+        "job": _IDS,
+        "redirect": _MOSTLY_TRUE,
+        "fence": st.sampled_from(
+            ["current", "current", "current", "old_attempt", "next_attempt", "other_owner"]
+        ),
+        "action": st.sampled_from(
+            ["complete", "retry", "fail", "cancel", "release"] * 4 + ["explode"]
+        ),
+        "retry_delay_ms": st.sampled_from([0, 500, 5000]),
+        "traceback": st.sampled_from(["", "tb"]),
+    }
+)
+
 # Each operation: its weight, when it may run (on the model), and its arguments.
 # One rule draws the operation, so these weights (not Hypothesis's per-rule
 # swarm switches) decide the mix, and steps go where the jobs are.
@@ -1047,20 +1081,12 @@ OPERATIONS: Final[Mapping[str, tuple[int, Callable[[LuaModel], bool], st.SearchS
     "settle": (
         4,
         lambda m: bool(m.active),
-        st.fixed_dictionaries(
-            {
-                "job": _IDS,
-                "redirect": _MOSTLY_TRUE,
-                "fence": st.sampled_from(
-                    ["current", "current", "current", "old_attempt", "next_attempt", "other_owner"]
-                ),
-                "action": st.sampled_from(
-                    ["complete", "retry", "fail", "cancel", "release"] * 4 + ["explode"]
-                ),
-                "retry_delay_ms": st.sampled_from([0, 500, 5000]),
-                "traceback": st.sampled_from(["", "tb"]),
-            }
-        ),
+        _SETTLE_ITEM,
+    ),
+    "settle_batch": (
+        2,
+        lambda m: bool(m.active),
+        st.fixed_dictionaries({"items": st.lists(_SETTLE_ITEM, min_size=2, max_size=4)}),
     ),
     "renew": (
         2,

@@ -1,40 +1,44 @@
--- settle: record how an attempt ended, fenced by (attempt, owner).
+-- settle: record how a batch of attempts of one queue ended, each fenced by
+-- (attempt, owner).
 --
--- KEYS[1]  job hash         rrq:{<queue>}:job:<id>
--- KEYS[2]  due zset         rrq:{<queue>}:due
--- KEYS[3]  active zset      rrq:{<queue>}:active
--- KEYS[4]  dead-letter zset rrq:{<queue>}:dlq       (score = time of death, ms)
--- ARGV[1]  job id
--- ARGV[2]  attempt (fence token from the claim)
--- ARGV[3]  owner (orchestrator instance id from the claim)
--- ARGV[4]  action:
---            complete  store ARGV[5] as result_json; status COMPLETED
---            retry     another attempt after ARGV[7] ms if retries remain, else dead-letter
---            fail      dead-letter now (fatal error, unknown handler, bad params)
---            cancel    status CANCELLED (the runner stopped the handler on request)
---            release   give the job back without charging the attempt (drain on shutdown)
--- ARGV[5]  result_json (complete) or error message (retry, fail, cancel)
--- ARGV[6]  error type (retry, fail)
--- ARGV[7]  retry delay ms (retry)
--- ARGV[8]  default result TTL ms (used when the job has none)
--- ARGV[9]  dead-letter retention ms
--- ARGV[10] wake channel     rrq:{<queue>}:wake
--- ARGV[11] done channel     rrq:{<queue>}:done:<id>
--- ARGV[12] traceback of the error (retry, fail; may be empty)
+-- KEYS[1]  due zset         rrq:{<queue>}:due
+-- KEYS[2]  active zset      rrq:{<queue>}:active
+-- KEYS[3]  dead-letter zset rrq:{<queue>}:dlq       (score = time of death, ms)
+-- KEYS[4]  job key prefix   rrq:{<queue>}:job:     (job hash = prefix .. id)
+-- ARGV[1]  default result TTL ms (used when a job has none)
+-- ARGV[2]  dead-letter retention ms
+-- ARGV[3]  wake channel     rrq:{<queue>}:wake
+-- ARGV[4]  done channel prefix rrq:{<queue>}:done:  (channel = prefix .. id)
+-- then 8 values per settle, in order:
+--   id, attempt (fence token from the claim), owner (orchestrator instance id
+--   from the claim), action, text, error type, retry delay ms, traceback
+-- where action is one of
+--   complete  store text as result_json; status COMPLETED
+--   retry     another attempt after the delay if retries remain, else dead-letter
+--   fail      dead-letter now (fatal error, unknown handler, bad params)
+--   cancel    status CANCELLED (the runner stopped the handler on request)
+--   release   give the job back without charging the attempt (drain on shutdown)
+-- and text is the result JSON (complete) or the error message (retry, fail,
+-- cancel); the traceback (retry, fail) may be empty.
 --
--- Returns {1, new_status, run_at_ms_or_0} when applied, or
---         {0, current_status, current_attempt} when the fence did not match
---         (the job is not ACTIVE under this attempt and owner): nothing written.
+-- Returns three values per settle, in order: {1, new_status, run_at_ms_or_0}
+-- when applied, or {0, current_status, current_attempt} when the fence did not
+-- match (the job is not ACTIVE under this attempt and owner): nothing written.
 --
--- Guarantee: terminal statuses absorb; a stale owner never overwrites a newer
--- attempt; every failed attempt is appended to errors_json; a job whose
--- cancellation was requested ends CANCELLED unless its handler completed;
--- every terminal transition publishes on the done channel so waiters wake
--- without polling.
-local job_key = KEYS[1]
-local due_key = KEYS[2]
-local active_key = KEYS[3]
-local dlq_key = KEYS[4]
+-- Guarantee: the batch has the effect of its settles applied one by one, in
+-- order; an invalid argument rejects the whole batch before any write.
+-- Terminal statuses absorb; a stale owner never overwrites a newer attempt;
+-- every failed attempt is appended to errors_json; a job whose cancellation
+-- was requested ends CANCELLED unless its handler completed; every terminal
+-- transition publishes on the job's done channel so waiters wake without
+-- polling.
+--
+-- Why a batch: Redis spends more on starting a script call than on a settle's
+-- own commands, and an orchestrator settles hundreds of outcomes a second.
+local due_key = KEYS[1]
+local active_key = KEYS[2]
+local dlq_key = KEYS[3]
+local job_prefix = KEYS[4]
 
 local STATUS_PENDING = 1
 local STATUS_ACTIVE = 2
@@ -43,80 +47,98 @@ local STATUS_COMPLETED = 4
 local STATUS_FAILED = 5
 local STATUS_CANCELLED = 6
 local MAX_ERRORS = 100
+local FIELDS = 8
+local FIRST = 5
 
-local id = ARGV[1]
-local action = ARGV[4]
+local default_ttl = tonumber(ARGV[1])
+local dlq_retention = tonumber(ARGV[2])
+local wake_channel = ARGV[3]
+local done_prefix = ARGV[4]
+if default_ttl == nil or dlq_retention == nil then
+  return redis.error_reply('RRQ_INVALID_ARGUMENT the result TTL and the dead-letter retention must be numbers')
+end
+if (#ARGV - FIRST + 1) % FIELDS ~= 0 then
+  return redis.error_reply('RRQ_INVALID_ARGUMENT settle takes ' .. FIELDS .. ' values per job after ' .. (FIRST - 1) .. ', got ' .. #ARGV)
+end
 local ACTIONS = {complete = true, retry = true, fail = true, cancel = true, release = true}
-if not ACTIONS[action] then
-  return redis.error_reply('RRQ_INVALID_ARGUMENT unknown settle action ' .. tostring(action))
+for i = FIRST, #ARGV, FIELDS do
+  local action = ARGV[i + 3]
+  if not ACTIONS[action] then
+    return redis.error_reply('RRQ_INVALID_ARGUMENT unknown settle action ' .. tostring(action))
+  end
+  if action == 'retry' and tonumber(ARGV[i + 6]) == nil then
+    return redis.error_reply('RRQ_INVALID_ARGUMENT the retry delay must be a number, got ' .. tostring(ARGV[i + 6]))
+  end
 end
-
-local f = redis.call('HMGET', job_key, 'status', 'attempt', 'lease_owner', 'max_retries',
-  'result_ttl_ms', 'cancel_requested')
-local status = tonumber(f[1])
-if status ~= STATUS_ACTIVE or f[2] ~= ARGV[2] or f[3] ~= ARGV[3] then
-  return {0, status or 0, tonumber(f[2]) or 0}
-end
-local attempt = tonumber(f[2])
-local cancel_requested = f[6] == '1'
-local result_ttl = tonumber(f[5]) or tonumber(ARGV[8])
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local settled = {}
 
--- lease_owner stays as the owner of the last attempt: the fence also checks
--- the status, and the next claim overwrites it (one command less per settle).
-redis.call('ZREM', active_key, id)
-
--- Appends one failed attempt to errors_json and sets last_error/last_error_type.
-local function record_error(message, error_type)
-  local history = {}
-  local raw = redis.call('HGET', job_key, 'errors_json')
-  if raw then
-    local ok, decoded = pcall(cjson.decode, raw)
-    if ok and type(decoded) == 'table' then history = decoded end
+-- Applies one settle; returns its three reply values.
+local function settle_one(id, fence_attempt, owner, action, text, error_type, delay_ms, traceback)
+  local job_key = job_prefix .. id
+  local f = redis.call('HMGET', job_key, 'status', 'attempt', 'lease_owner', 'max_retries',
+    'result_ttl_ms', 'cancel_requested')
+  local status = tonumber(f[1])
+  if status ~= STATUS_ACTIVE or f[2] ~= fence_attempt or f[3] ~= owner then
+    return 0, status or 0, tonumber(f[2]) or 0
   end
-  table.insert(history, {attempt = attempt, error_type = error_type, message = message,
-    traceback = ARGV[12] or '', at_ms = now})
-  while #history > MAX_ERRORS do table.remove(history, 1) end
-  redis.call('HSET', job_key, 'errors_json', cjson.encode(history),
-    'last_error', message, 'last_error_type', error_type)
-end
+  local attempt = tonumber(f[2])
+  local cancel_requested = f[6] == '1'
+  local result_ttl = tonumber(f[5]) or default_ttl
 
--- `...` are more field/value pairs written in the same HSET.
-local function finish(new_status, ttl_ms, ...)
-  redis.call('HSET', job_key, 'status', new_status, 'finished_at_ms', now, ...)
-  redis.call('PEXPIRE', job_key, ttl_ms)
-  redis.call('PUBLISH', ARGV[11], new_status)
-  return {1, new_status, 0}
-end
+  -- lease_owner stays as the owner of the last attempt: the fence also checks
+  -- the status, and the next claim overwrites it (one command less per settle).
+  -- The active entry goes in one ZREM after the loop; no settle reads it.
+  table.insert(settled, id)
 
-local function wait_again(new_status, run_at)
-  redis.call('HSET', job_key, 'status', new_status, 'run_at_ms', run_at)
-  redis.call('ZADD', due_key, run_at, id)
-  redis.call('PUBLISH', ARGV[10], run_at)
-  return {1, new_status, run_at}
-end
-
-local function dead_letter()
-  redis.call('ZADD', dlq_key, now, id)
-  return finish(STATUS_FAILED, tonumber(ARGV[9]))
-end
-
-if action == 'complete' then
-  return finish(STATUS_COMPLETED, result_ttl, 'result_json', ARGV[5])
-elseif action == 'retry' or action == 'fail' then
-  record_error(ARGV[5], ARGV[6])
-  if cancel_requested then
-    return finish(STATUS_CANCELLED, result_ttl)
+  -- Appends one failed attempt to errors_json and sets last_error/last_error_type.
+  local function record_error()
+    local history = {}
+    local raw = redis.call('HGET', job_key, 'errors_json')
+    if raw then
+      local ok, decoded = pcall(cjson.decode, raw)
+      if ok and type(decoded) == 'table' then history = decoded end
+    end
+    table.insert(history, {attempt = attempt, error_type = error_type, message = text,
+      traceback = traceback, at_ms = now})
+    while #history > MAX_ERRORS do table.remove(history, 1) end
+    redis.call('HSET', job_key, 'errors_json', cjson.encode(history),
+      'last_error', text, 'last_error_type', error_type)
   end
-  if action == 'fail' or attempt > (tonumber(f[4]) or 0) then
-    return dead_letter()
+
+  -- `...` are more field/value pairs written in the same HSET.
+  local function finish(new_status, ttl_ms, ...)
+    redis.call('HSET', job_key, 'status', new_status, 'finished_at_ms', now, ...)
+    redis.call('PEXPIRE', job_key, ttl_ms)
+    redis.call('PUBLISH', done_prefix .. id, new_status)
+    return 1, new_status, 0
   end
-  return wait_again(STATUS_RETRYING, now + tonumber(ARGV[7]))
-elseif action == 'cancel' then
-  return finish(STATUS_CANCELLED, result_ttl, 'last_error', ARGV[5], 'last_error_type', 'Cancelled')
-elseif action == 'release' then
+
+  local function wait_again(new_status, run_at)
+    redis.call('HSET', job_key, 'status', new_status, 'run_at_ms', run_at)
+    redis.call('ZADD', due_key, run_at, id)
+    redis.call('PUBLISH', wake_channel, run_at)
+    return 1, new_status, run_at
+  end
+
+  if action == 'complete' then
+    return finish(STATUS_COMPLETED, result_ttl, 'result_json', text)
+  elseif action == 'retry' or action == 'fail' then
+    record_error()
+    if cancel_requested then
+      return finish(STATUS_CANCELLED, result_ttl)
+    end
+    if action == 'fail' or attempt > (tonumber(f[4]) or 0) then
+      redis.call('ZADD', dlq_key, now, id)
+      return finish(STATUS_FAILED, dlq_retention)
+    end
+    return wait_again(STATUS_RETRYING, now + tonumber(delay_ms))
+  elseif action == 'cancel' then
+    return finish(STATUS_CANCELLED, result_ttl, 'last_error', text, 'last_error_type', 'Cancelled')
+  end
+  -- release
   if cancel_requested then
     return finish(STATUS_CANCELLED, result_ttl, 'last_error',
       'cancelled while the orchestrator shut down', 'last_error_type', 'Cancelled')
@@ -129,3 +151,17 @@ elseif action == 'release' then
   end
   return wait_again(STATUS_PENDING, now)
 end
+
+local result = {}
+for i = FIRST, #ARGV, FIELDS do
+  local applied, a, b = settle_one(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
+    ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7])
+  result[#result + 1] = applied
+  result[#result + 1] = a
+  result[#result + 1] = b
+end
+-- unpack() has a stack limit: remove in chunks.
+for i = 1, #settled, 1000 do
+  redis.call('ZREM', active_key, unpack(settled, i, math.min(i + 999, #settled)))
+end
+return result

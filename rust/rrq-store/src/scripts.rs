@@ -4,6 +4,7 @@
 //! run with `EVALSHA`; `redis::Script` loads them again when Redis answers
 //! `NOSCRIPT` (after a restart or `SCRIPT FLUSH`).
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use redis::aio::ConnectionManager;
@@ -417,38 +418,43 @@ impl Store {
         parse_renewed(reply)
     }
 
-    /// Applies a batch of settles in one pipeline (`settle.lua`). The outer
-    /// error is a failure of the whole round trip; each inner result tells
-    /// how one settle went ([`Error::StaleFence`] when the fence rejected it).
+    /// Applies a batch of settles in one round trip: one `settle.lua` call
+    /// per queue and [`SETTLE_CALL_MAX`] settles, pipelined. The outer error
+    /// is a failure of the whole round trip; each inner result tells how one
+    /// settle went ([`Error::StaleFence`] when the fence rejected it).
     pub async fn settle(&self, batch: &[Settle]) -> Result<Vec<Result<Settled>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        let calls = settle_calls(batch);
         let mut conn = self.conn.clone();
-        let mut results = run_settle_pipeline(&mut conn, batch.iter()).await?;
+        let mut replies = run_settle_pipeline(&mut conn, batch, &calls).await?;
         // A pipeline cannot reload a script by itself: when Redis lost the
         // script cache (restart, SCRIPT FLUSH), load it and redo exactly the
-        // entries that failed with NOSCRIPT; the others already ran.
-        let missing: Vec<usize> = results
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| is_noscript(r))
-            .map(|(i, _)| i)
+        // calls that failed with NOSCRIPT; the others already ran.
+        let missing: Vec<usize> = (0..calls.len())
+            .filter(|&c| is_noscript(&replies[c]))
             .collect();
         if !missing.is_empty() {
             SETTLE.prepare_invoke().load_async(&mut conn).await?;
-            let redo = run_settle_pipeline(&mut conn, missing.iter().map(|&i| &batch[i])).await?;
-            for (i, r) in missing.into_iter().zip(redo) {
-                results[i] = r;
+            let again: Vec<Vec<usize>> = missing.iter().map(|&c| calls[c].clone()).collect();
+            let redo = run_settle_pipeline(&mut conn, batch, &again).await?;
+            for (c, r) in missing.into_iter().zip(redo) {
+                replies[c] = r;
             }
         }
-        Ok(batch
-            .iter()
-            .zip(results)
-            .map(|(s, r)| match r {
-                Ok(v) => parse_settle(&s.job_id, v),
-                Err(e) => Err(Error::from_redis(e)),
-            })
+        let mut results: Vec<Option<Result<Settled>>> = batch.iter().map(|_| None).collect();
+        for (members, reply) in calls.iter().zip(replies) {
+            for (i, r) in members
+                .iter()
+                .zip(split_settle_reply(batch, members, reply))
+            {
+                results[*i] = Some(r);
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(protocol("settle", "no reply for this settle"))))
             .collect())
     }
 
@@ -736,54 +742,126 @@ pub fn parse_enqueued(reply: Value) -> Result<Enqueued> {
     })
 }
 
-async fn run_settle_pipeline<'a>(
+/// Most settles in one `settle.lua` call: a call holds Redis for its whole
+/// run (about 10 µs per settle), so a long batch is split to keep other
+/// clients' latency low.
+pub const SETTLE_CALL_MAX: usize = 128;
+
+/// Splits a batch into script calls: indexes into `batch`, one list per call.
+/// A call covers one queue (its keys share a hash slot) and one pair of
+/// defaults, keeping the batch's order within each call.
+fn settle_calls(batch: &[Settle]) -> Vec<Vec<usize>> {
+    let mut calls: Vec<Vec<usize>> = Vec::new();
+    let mut open: HashMap<(&str, i64, i64), usize> = HashMap::new();
+    for (i, s) in batch.iter().enumerate() {
+        let group = (
+            s.queue.as_str(),
+            s.default_result_ttl_ms,
+            s.dlq_retention_ms,
+        );
+        match open.get(&group) {
+            Some(&c) if calls[c].len() < SETTLE_CALL_MAX => calls[c].push(i),
+            _ => {
+                open.insert(group, calls.len());
+                calls.push(vec![i]);
+            }
+        }
+    }
+    calls
+}
+
+async fn run_settle_pipeline(
     conn: &mut ConnectionManager,
-    batch: impl Iterator<Item = &'a Settle>,
+    batch: &[Settle],
+    calls: &[Vec<usize>],
 ) -> Result<Vec<RedisResult<Value>>> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    for s in batch {
-        let k = QueueKeys::new(&s.queue);
-        let (text, error_type, delay_ms, traceback) = match &s.action {
-            SettleAction::Complete { result_json } => (result_json.as_str(), "", 0, ""),
-            SettleAction::Retry {
-                message,
-                error_type,
-                delay_ms,
-                traceback,
-            } => (
-                message.as_str(),
-                error_type.as_str(),
-                (*delay_ms).max(0),
-                traceback.as_str(),
-            ),
-            SettleAction::Fail {
-                message,
-                error_type,
-                traceback,
-            } => (message.as_str(), error_type.as_str(), 0, traceback.as_str()),
-            SettleAction::Cancel { message } => (message.as_str(), "", 0, ""),
-            SettleAction::Release => ("", "", 0, ""),
-        };
-        let mut inv = SETTLE.key(k.job(&s.job_id));
-        inv.key(k.due())
-            .key(k.active())
+    for members in calls {
+        let first = &batch[members[0]];
+        let k = QueueKeys::new(&first.queue);
+        let mut inv = SETTLE.key(k.due());
+        inv.key(k.active())
             .key(k.dlq())
-            .arg(&s.job_id)
-            .arg(s.attempt)
-            .arg(&s.owner)
-            .arg(s.action.name())
-            .arg(text)
-            .arg(error_type)
-            .arg(delay_ms)
-            .arg(s.default_result_ttl_ms)
-            .arg(s.dlq_retention_ms)
+            .key(k.job_prefix())
+            .arg(first.default_result_ttl_ms)
+            .arg(first.dlq_retention_ms)
             .arg(k.wake_channel())
-            .arg(k.done_channel(&s.job_id))
-            .arg(traceback);
+            .arg(k.done_channel_prefix());
+        for &i in members {
+            let s = &batch[i];
+            let (text, error_type, delay_ms, traceback) = match &s.action {
+                SettleAction::Complete { result_json } => (result_json.as_str(), "", 0, ""),
+                SettleAction::Retry {
+                    message,
+                    error_type,
+                    delay_ms,
+                    traceback,
+                } => (
+                    message.as_str(),
+                    error_type.as_str(),
+                    (*delay_ms).max(0),
+                    traceback.as_str(),
+                ),
+                SettleAction::Fail {
+                    message,
+                    error_type,
+                    traceback,
+                } => (message.as_str(), error_type.as_str(), 0, traceback.as_str()),
+                SettleAction::Cancel { message } => (message.as_str(), "", 0, ""),
+                SettleAction::Release => ("", "", 0, ""),
+            };
+            inv.arg(&s.job_id)
+                .arg(s.attempt)
+                .arg(&s.owner)
+                .arg(s.action.name())
+                .arg(text)
+                .arg(error_type)
+                .arg(delay_ms)
+                .arg(traceback);
+        }
         pipe.invoke_script(&inv);
     }
     Ok(pipe.query_async(conn).await?)
+}
+
+/// The results of one `settle.lua` call, one per member of the call: a failed
+/// call fails each of its settles with the same error.
+fn split_settle_reply(
+    batch: &[Settle],
+    members: &[usize],
+    reply: RedisResult<Value>,
+) -> Vec<Result<Settled>> {
+    let values = match reply {
+        Ok(v) => array("settle", v),
+        Err(e) => {
+            return members
+                .iter()
+                .map(|_| Err(Error::from_redis(e.clone())))
+                .collect();
+        }
+    };
+    let values = match values {
+        Ok(values) if values.len() == 3 * members.len() => values,
+        other => {
+            let detail = match other {
+                Ok(values) => format!("{} values for {} settles", values.len(), members.len()),
+                Err(e) => e.to_string(),
+            };
+            return members
+                .iter()
+                .map(|_| Err(protocol("settle", detail.clone())))
+                .collect();
+        }
+    };
+    let mut values = values.into_iter();
+    members
+        .iter()
+        .map(|&i| {
+            let triple: Vec<Value> = values.by_ref().take(3).collect();
+            parse_settle(&batch[i].job_id, Value::Array(triple))
+        })
+        .collect()
 }
 
 fn is_noscript(r: &RedisResult<Value>) -> bool {
@@ -941,6 +1019,66 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn settle_of(queue: &str, id: &str) -> Settle {
+        Settle {
+            queue: queue.to_owned(),
+            job_id: id.to_owned(),
+            attempt: 1,
+            owner: "o".to_owned(),
+            action: SettleAction::Release,
+            default_result_ttl_ms: 1,
+            dlq_retention_ms: 2,
+        }
+    }
+
+    #[test]
+    fn settle_calls_group_by_queue_keep_order_and_split_long_runs() {
+        let mut batch: Vec<Settle> = (0..SETTLE_CALL_MAX + 1)
+            .map(|i| settle_of("a", &format!("a{i}")))
+            .collect();
+        batch.insert(1, settle_of("b", "b0"));
+        batch.push(settle_of("b", "b1"));
+        let calls = settle_calls(&batch);
+        let ids = |call: &Vec<usize>| -> Vec<String> {
+            call.iter().map(|&i| batch[i].job_id.clone()).collect()
+        };
+        assert_eq!(calls.len(), 3);
+        assert_eq!(calls[0].len(), SETTLE_CALL_MAX);
+        assert_eq!(ids(&calls[0])[..2], ["a0".to_owned(), "a1".to_owned()]);
+        assert_eq!(ids(&calls[1]), ["b0", "b1"]);
+        assert_eq!(ids(&calls[2]), [format!("a{SETTLE_CALL_MAX}")]);
+    }
+
+    #[test]
+    fn a_short_settle_reply_fails_every_member_of_its_call() {
+        let batch = vec![settle_of("a", "x"), settle_of("a", "y")];
+        let reply = Ok(Value::Array(vec![
+            Value::Int(1),
+            Value::Int(4),
+            Value::Int(0),
+        ]));
+        let results = split_settle_reply(&batch, &[0, 1], reply);
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Err(Error::Protocol { .. })))
+        );
+        let reply = Ok(Value::Array(vec![
+            Value::Int(1),
+            Value::Int(4),
+            Value::Int(0),
+            Value::Int(0),
+            Value::Int(6),
+            Value::Int(2),
+        ]));
+        let results = split_settle_reply(&batch, &[0, 1], reply);
+        assert!(matches!(results[0], Ok(Settled { status: 4, .. })));
+        assert!(matches!(
+            results[1],
+            Err(Error::StaleFence { attempt: 2, .. })
+        ));
     }
 
     #[test]

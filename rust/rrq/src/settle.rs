@@ -158,7 +158,10 @@ pub fn traceback_tail(traceback: &str) -> &str {
 /// Queue of settles feeding one writer task that batches them into pipelines.
 #[derive(Debug, Clone)]
 pub struct Settler {
-    tx: mpsc::UnboundedSender<Settle>,
+    // One message per submit: a runner's outcomes frame reaches the writer
+    // whole. Per-settle messages let the writer wake on the first of them and
+    // write batches of one, one script call each.
+    tx: mpsc::UnboundedSender<Vec<Settle>>,
     pending: Arc<Pending>,
 }
 
@@ -182,12 +185,15 @@ impl Settler {
 
     /// Queues settles; they are written in order of submission.
     pub fn submit(&self, settles: impl IntoIterator<Item = Settle>) {
-        for s in settles {
-            self.pending.count.fetch_add(1, Ordering::SeqCst);
-            if self.tx.send(s).is_err() {
-                // The writer only stops when the runtime does.
-                self.pending.count.fetch_sub(1, Ordering::SeqCst);
-            }
+        let settles: Vec<Settle> = settles.into_iter().collect();
+        let count = settles.len();
+        if count == 0 {
+            return;
+        }
+        self.pending.count.fetch_add(count, Ordering::SeqCst);
+        if self.tx.send(settles).is_err() {
+            // The writer only stops when the runtime does.
+            self.pending.count.fetch_sub(count, Ordering::SeqCst);
         }
     }
 
@@ -208,12 +214,19 @@ impl Settler {
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Settle>, pending: Arc<Pending>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        write(&store, &batch).await;
-        pending.count.fetch_sub(batch.len(), Ordering::SeqCst);
-        pending.idle.notify_waiters();
+async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Vec<Settle>>, pending: Arc<Pending>) {
+    let mut messages = Vec::new();
+    let mut batch: Vec<Settle> = Vec::with_capacity(MAX_BATCH);
+    // Whatever queued while the last write was in flight goes in the next one.
+    while rx.recv_many(&mut messages, MAX_BATCH).await > 0 {
+        for settles in messages.drain(..) {
+            batch.extend(settles);
+        }
+        for chunk in batch.chunks(MAX_BATCH) {
+            write(&store, chunk).await;
+            pending.count.fetch_sub(chunk.len(), Ordering::SeqCst);
+            pending.idle.notify_waiters();
+        }
         batch.clear();
     }
 }
