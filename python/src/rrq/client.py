@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
@@ -18,6 +19,7 @@ from typing import Any, Final, Self
 import redis.asyncio as aioredis
 
 from rrq import _tracing, _wire
+from rrq._resp import use_fast_packing
 from rrq.config import ClientConfig, load_config
 from rrq.exceptions import (
     DuplicateJobError,
@@ -88,8 +90,9 @@ DLQ_BATCH: Final = 100
 
 _CANCEL_REASON: Final = "cancelled on request"
 
-# Jobs per pipeline in enqueue_many().
-ENQUEUE_MANY_CHUNK: Final = 1000
+# Jobs per enqueue.lua call in enqueue_many(): a call holds Redis for its
+# whole run (about 10 µs a job), so chunks keep other clients waiting briefly.
+ENQUEUE_MANY_CHUNK: Final = 500
 
 # How many job id -> queue entries the client remembers for its own jobs.
 _QUEUE_CACHE_SIZE: Final = 10_000
@@ -109,7 +112,9 @@ def _redis_from_dsn(dsn: str) -> aioredis.Redis:
     # redis-py knows unix://; redis+unix:// is the same thing in the Rust world.
     if dsn.startswith("redis+unix://"):
         dsn = "unix://" + dsn.removeprefix("redis+unix://")
-    return aioredis.Redis.from_url(dsn)
+    redis = aioredis.Redis.from_url(dsn)
+    use_fast_packing(redis.connection_pool)
+    return redis
 
 
 def _seconds_to_ms(name: str, value: object, *, positive: bool) -> int:
@@ -229,18 +234,8 @@ class RRQClient:
 
     # --- enqueue ------------------------------------------------------------
 
-    def _build_args(
-        self, rule: str, function_name: object, options: Mapping[str, Any]
-    ) -> EnqueueArgs:
-        """Validates everything before anything is written.
-
-        ``rule`` is '' (plain enqueue), 'unique', 'rate_limit' or 'debounce';
-        the rule's key and window are filled in by the caller.
-        """
-        _check_option_names(rule, options)
-        function = _nonempty_str("function_name", function_name)
-
-        params = options.get("params", {})
+    def _params_json(self, params: object) -> str:
+        """A job's params as the JSON text stored, checked against the payload limit."""
         if params is None:
             params = {}
         if not isinstance(params, dict):
@@ -267,6 +262,21 @@ class RRQClient:
                 size=size,
                 limit=limit,
             )
+        return params_json
+
+    def _build_args(
+        self, rule: str, function_name: object, options: Mapping[str, Any]
+    ) -> EnqueueArgs:
+        """Validates everything before anything is written.
+
+        ``rule`` is '' (plain enqueue), 'unique', 'rate_limit' or 'debounce';
+        the rule's key and window are filled in by the caller.
+        """
+        _check_option_names(rule, options)
+        function = _nonempty_str("function_name", function_name)
+
+        params_json = self._params_json(options.get("params", {}))
+        limit = self.config.max_payload_bytes
 
         queue = options.get("queue_name")
         queue = _nonempty_str(
@@ -374,10 +384,10 @@ class RRQClient:
         params are its entry of ``params_list``) and ``job_id`` (every job gets
         a new UUIDv7), and apply to every job. Every entry is validated as
         :meth:`enqueue` validates its params before anything is written; then
-        the jobs are written by one pipeline of ``enqueue.lua`` calls per
-        :data:`ENQUEUE_MANY_CHUNK` jobs, so a batch costs a round trip per
-        chunk rather than per job. Each job is written atomically on its own;
-        the batch as a whole is not atomic.
+        the jobs are written by one ``enqueue.lua`` call per
+        :data:`ENQUEUE_MANY_CHUNK` jobs, so a batch costs Redis one script call
+        and the client one round trip per chunk. Each job is written atomically
+        on its own; the batch as a whole is not atomic.
         """
         opts = dict(options) if options is not None else {}
         for name in ("params", "job_id"):
@@ -396,23 +406,48 @@ class RRQClient:
             raise InvalidParamsError(
                 f"params_list must be a sequence of dicts, got {type(params_list).__name__}"
             )
-        batch = [
-            self._build_args("", function_name, {**opts, "params": params})
-            for params in params_list
-        ]
-        ids: list[str] = []
-        for start in range(0, len(batch), ENQUEUE_MANY_CHUNK):
-            chunk = batch[start : start + ENQUEUE_MANY_CHUNK]
-            queue = chunk[0].queue_name
+        if not params_list:
+            self._build_args("", function_name, opts)  # the options are still checked
+            return []
+        # The options are checked once; each entry's params as enqueue() checks them.
+        shared = self._build_args("", function_name, {**opts, "params": params_list[0]})
+        jobs = [(shared.job_id, shared.params_json)]
+        jobs += [(uuid7(), self._params_json(params)) for params in params_list[1:]]
+        queue = shared.queue_name
+
+        def send(start: int) -> asyncio.Task[list[EnqueueReply]]:
+            (job_id, params_json), *more = jobs[start : start + ENQUEUE_MANY_CHUNK]
+            first = dataclasses.replace(shared, job_id=job_id, params_json=params_json)
             register = queue not in self._registered_queues
-            replies = await self.store.enqueue_batch(chunk, register_queue=register)
-            self._registered_queues.add(queue)
-            for args, reply in zip(chunk, replies, strict=True):
+            return asyncio.ensure_future(
+                self.store.enqueue_many(first, more, register_queue=register)
+            )
+
+        ids: list[str] = []
+
+        def collect(replies: list[EnqueueReply]) -> None:
+            for reply in replies:
                 if reply.code == ENQUEUE_EXISTS:  # a UUIDv7 collision: not expected
                     status = _wire.job_status_from_number(reply.value)
-                    raise DuplicateJobError(args.job_id, status, args.queue_name)
-                self._remember(reply.job_id, args.queue_name)
+                    raise DuplicateJobError(reply.job_id, status, queue)
+                self._remember(reply.job_id, queue)
                 ids.append(reply.job_id)
+            self._registered_queues.add(queue)
+
+        # Two chunks in flight: the client packs the next one while Redis runs
+        # the script of the last, and neither waits for the other.
+        sent: deque[asyncio.Task[list[EnqueueReply]]] = deque()
+        try:
+            for start in range(0, len(jobs), ENQUEUE_MANY_CHUNK):
+                sent.append(send(start))
+                if len(sent) == 2:
+                    collect(await sent.popleft())
+            while sent:
+                collect(await sent.popleft())
+        finally:
+            for task in sent:  # after an error: let the one still in flight end
+                with contextlib.suppress(Exception):
+                    await task
         return ids
 
     async def enqueue_with_unique_key(

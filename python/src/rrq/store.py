@@ -338,53 +338,33 @@ class Store:
         code, job_id, value = reply
         return EnqueueReply(int(code), _text(job_id), int(value))
 
-    async def enqueue_batch(
-        self, batch: Sequence[EnqueueArgs], *, register_queue: bool
+    async def enqueue_many(
+        self, first: EnqueueArgs, more: Sequence[tuple[str, str]], *, register_queue: bool
     ) -> list[EnqueueReply]:
-        """Writes many jobs (one ``enqueue.lua`` call each) in one pipeline.
+        """Writes ``first`` and the ``more`` jobs, pairs of (job id, params JSON)
+        sharing every other argument of ``first``, in one ``enqueue.lua`` call.
 
-        The calls are independent: a failing one does not stop the others.
-        The first error reply is raised after the whole pipeline ran; calls
-        answered NOSCRIPT (Redis restarted or SCRIPT FLUSH) are sent again
-        once after loading the script.
+        Each job is written atomically on its own (one reply each, in order);
+        ``first`` must carry no rule. Preceded by ``SADD rrq:queues`` when asked.
         """
-        if not batch:
-            return []
-        script = self._script("enqueue")
-        todo = list(range(len(batch)))
-        replies: list[Any] = [None] * len(batch)
-        for attempt in range(2):
-            if attempt or "enqueue" not in self._loaded:
-                await self.redis.script_load(script.script)
-                self._loaded.add("enqueue")
-            pipe = self.redis.pipeline(transaction=False)
-            if register_queue and attempt == 0:
-                for queue in sorted({args.queue_name for args in batch}):
-                    pipe.sadd(QUEUES_KEY, queue)
-            for i in todo:
-                keys, argv = _enqueue_call(batch[i])
-                pipe.evalsha(script.sha, len(keys), *keys, *argv)
-            answers = await pipe.execute(raise_on_error=False)
-            answers = answers[len(answers) - len(todo) :]
-            missing = []
-            for i, answer in zip(todo, answers, strict=True):
-                if isinstance(answer, NoScriptError):
-                    missing.append(i)
-                replies[i] = answer
-            if not missing:
-                break
-            todo = missing
-            self._loaded.discard("enqueue")
-        result = []
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                typed = script_error(reply)
-                if typed is not None:
-                    raise typed from reply
-                raise reply
+        before: list[tuple[str, Sequence[Any]]] = []
+        if register_queue:
+            before.append(("SADD", (QUEUES_KEY, first.queue_name)))
+        keys, argv = _enqueue_call(first)
+        for job_id, params_json in more:
+            argv += [job_id, params_json]
+        reply = await self._run("enqueue", keys, argv, before=before)
+        if not more:  # a single job answers as enqueue() does
             code, job_id, value = reply
-            result.append(EnqueueReply(int(code), _text(job_id), int(value)))
-        return result
+            return [EnqueueReply(int(code), _text(job_id), int(value))]
+        run_at, *statuses = reply
+        ids = [first.job_id, *(job_id for job_id, _ in more)]
+        return [
+            EnqueueReply(ENQUEUE_EXISTS, job_id, int(status))
+            if status
+            else EnqueueReply(ENQUEUE_CREATED, job_id, int(run_at))
+            for job_id, status in zip(ids, statuses, strict=True)
+        ]
 
     async def queues(self) -> list[str]:
         """Every registered queue name, sorted."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from rrq.store import (
@@ -318,9 +318,26 @@ class LuaModel:
             )
         return [1, call.job_id, run_at]
 
+    def enqueue_many(self, first: EnqueueCall, more: list[tuple[str, str]]) -> list[Any]:
+        """enqueue.lua with more jobs: ``first``'s options shared by (id, params) pairs.
+
+        Every job's params and id are checked before the shared options; then
+        each job is enqueued in turn at the same time. Answers ``{run_at, s...}``
+        with s 0 for a written job, else the existing job's status.
+        """
+        self.queues.add(self.queue)
+        calls = [first] + [replace(first, job_id=i, params_json=p) for i, p in more]
+        for call in calls:
+            self._validate_job(call)
+        self._validate_enqueue(first)
+        if first.rule:
+            raise ScriptError(INVALID_ARGUMENT)
+        statuses = [0 if r[0] == 1 else r[2] for r in map(self.enqueue, calls)]
+        return [max(self.now + first.defer_ms, first.run_at_ms), *statuses]
+
     @staticmethod
-    def _validate_enqueue(call: EnqueueCall) -> None:
-        """The script's checks, in its order: every one before the first write."""
+    def _validate_job(call: EnqueueCall) -> None:
+        """The script's checks of one job's params and id, in its order."""
         if len(call.params_json.encode()) > call.max_params_bytes:
             raise ScriptError(PAYLOAD_TOO_LARGE)
         if not _JSON_OBJECT_START.match(call.params_json):
@@ -329,7 +346,14 @@ class LuaModel:
             json.loads(call.params_json)
         except ValueError:
             raise ScriptError(INVALID_PARAMS) from None
-        if call.job_id == "" or call.function_name == "":
+        if call.job_id == "":
+            raise ScriptError(INVALID_ARGUMENT)
+
+    @classmethod
+    def _validate_enqueue(cls, call: EnqueueCall) -> None:
+        """The script's checks, in its order: every one before the first write."""
+        cls._validate_job(call)
+        if call.function_name == "":
             raise ScriptError(INVALID_ARGUMENT)
         numbers = (
             call.max_retries,

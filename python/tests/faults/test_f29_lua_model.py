@@ -80,6 +80,7 @@ from rrq.store import (
     EnqueueArgs,
     SettleArgs,
     Store,
+    _enqueue_call,
     active_key,
     debounce_key_prefix,
     dlq_key,
@@ -563,6 +564,48 @@ class World:
         expected, actual = self._call(lambda: self.model.enqueue(call), store_call)
         return expected, actual, Allowed()
 
+    def _op_enqueue_many(
+        self, jobs: list[str], params: list[str], variant: str, max_retries: int, defer_ms: int
+    ) -> tuple[Any, Any, Allowed]:
+        """Several plain jobs sharing their options in one enqueue.lua call (enqueue_many)."""
+        texts = [params[i % len(params)] for i in range(len(jobs))]
+        if variant == "too_large_later":
+            texts[-1] = BIG_PARAMS
+        elif variant == "bad_json_later":
+            texts[-1] = "{oops"
+        elif variant == "negative_retries":
+            max_retries = -1
+        call = EnqueueCall(
+            job_id=jobs[0],
+            params_json=texts[0],
+            max_retries=max_retries,
+            defer_ms=defer_ms,
+            max_params_bytes=MAX_PARAMS_BYTES,
+        )
+        more = list(zip(jobs[1:], texts[1:], strict=True))
+        args = EnqueueArgs(
+            job_id=call.job_id,
+            function_name=call.function_name,
+            queue_name=QUEUE,
+            params_json=call.params_json,
+            max_retries=call.max_retries,
+            job_timeout_ms=0,
+            result_ttl_ms=0,
+            defer_ms=call.defer_ms,
+            run_at_ms=0,
+            max_params_bytes=call.max_params_bytes,
+        )
+        keys, argv = _enqueue_call(args)
+        for job_id, text in more:
+            argv += [job_id, text]
+        expected, actual = self._call(
+            lambda: self.model.enqueue_many(call, more),
+            lambda: self.env.store._run(
+                "enqueue", keys, argv, before=[("SADD", (QUEUES_KEY, QUEUE))]
+            ),
+        )
+        return expected, actual, Allowed()
+
     def _op_claim(self, owner: str, max_jobs: int, lease_ms: int) -> tuple[Any, Any, Allowed]:
         expected, actual = self._call(
             lambda: self.model.claim(owner, lease_ms, max_jobs),
@@ -779,6 +822,8 @@ def _outcome(op: str, args: Mapping[str, Any], reply: Any) -> str:
         return f"{op}:error"
     if op == "enqueue":
         return f"enqueue:{_ENQUEUE_CODES[reply[0]]}"
+    if op == "enqueue_many":
+        return f"enqueue_many:{sum(1 for s in reply[1:] if s == 0)}_created"
     if op == "claim":
         return f"claim:{min(len(reply) - 2, 2)}"
     if op == "renew":
@@ -1064,6 +1109,21 @@ OPERATIONS: Final[Mapping[str, tuple[int, Callable[[LuaModel], bool], st.SearchS
                 "window_ms": st.sampled_from([500, 2000, 60_000, 3_600_000]),
                 "max_wait_ms": st.sampled_from([0, 1000, 3000]),
                 "trace_parent": st.sampled_from(["", "00-tp-01"]),
+            }
+        ),
+    ),
+    "enqueue_many": (
+        2,
+        lambda m: True,
+        st.fixed_dictionaries(
+            {
+                "jobs": st.lists(_IDS, min_size=2, max_size=4),
+                "params": st.lists(st.sampled_from(["{}", '{"n":1}', '{"n":2}']), min_size=1),
+                "variant": st.sampled_from(
+                    ["ok"] * 6 + ["too_large_later", "bad_json_later", "negative_retries"]
+                ),
+                "max_retries": st.sampled_from([0, 1, 2]),
+                "defer_ms": st.sampled_from([0, 0, 1000]),
             }
         ),
     ),
