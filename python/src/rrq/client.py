@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 
 from rrq import _tracing, _wire
 from rrq._resp import use_fast_packing
+from rrq._waiting import DoneSubscriptions
 from rrq.config import ClientConfig, load_config
 from rrq.exceptions import (
     DuplicateJobError,
@@ -205,6 +206,7 @@ class RRQClient:
         self._redis: aioredis.Redis | None = None
         self._store: Store | None = None
         self._registered_queues: set[str] = set()
+        self._done = DoneSubscriptions()
         self._job_queues: OrderedDict[str, str] = OrderedDict()
 
     @property
@@ -229,6 +231,7 @@ class RRQClient:
     async def close(self) -> None:
         """Closes the Redis connections; the client reconnects if used again."""
         redis, self._redis, self._store = self._redis, None, None
+        await self._done.close()
         if redis is not None:
             await redis.aclose()
 
@@ -583,9 +586,8 @@ class RRQClient:
                 raise JobNotFoundError(job_id)
             queue = found[0]
             store = self.store
-            pubsub = store.redis.pubsub()
-            try:
-                await pubsub.subscribe(done_channel(queue, job_id))
+            channel = done_channel(queue, job_id)
+            async with self._done.subscribed(store.redis, channel) as pubsub:
                 while True:
                     fields = await store.get_job(queue, job_id)
                     if fields is None:
@@ -593,15 +595,7 @@ class RRQClient:
                     result = _wire.job_result_from_hash(fields, job_id, queue)
                     if result.status.is_terminal:
                         return result
-                    await self._next_message(pubsub)
-            finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    @staticmethod
-    async def _next_message(pubsub: aioredis.client.PubSub) -> None:
-        async for message in pubsub.listen():
-            if message.get("type") == "message":
-                return
+                    await self._done.wait_message(pubsub)
 
     # --- cancellation -------------------------------------------------------
 
