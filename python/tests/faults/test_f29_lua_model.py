@@ -538,24 +538,7 @@ class World:
             debounce_max_wait_ms=max_wait_ms if rule == "debounce" else 0,
         )
         call = _apply_variant(call, variant)
-        args = EnqueueArgs(
-            job_id=call.job_id,
-            function_name=call.function_name,
-            queue_name=QUEUE,
-            params_json=call.params_json,
-            max_retries=call.max_retries,
-            job_timeout_ms=call.job_timeout_ms,
-            result_ttl_ms=call.result_ttl_ms,
-            defer_ms=call.defer_ms,
-            run_at_ms=call.run_at_ms,
-            max_params_bytes=call.max_params_bytes,
-            trace_parent=call.trace_parent,
-            trace_state=call.trace_state,
-            rule=call.rule,
-            rule_key=call.rule_key,
-            rule_window_ms=call.rule_window_ms,
-            debounce_max_wait_ms=call.debounce_max_wait_ms,
-        )
+        args = _store_args(call)
 
         async def store_call() -> list[Any]:
             reply = await self.env.store.enqueue(args, register_queue=True)
@@ -583,18 +566,7 @@ class World:
             max_params_bytes=MAX_PARAMS_BYTES,
         )
         more = list(zip(jobs[1:], texts[1:], strict=True))
-        args = EnqueueArgs(
-            job_id=call.job_id,
-            function_name=call.function_name,
-            queue_name=QUEUE,
-            params_json=call.params_json,
-            max_retries=call.max_retries,
-            job_timeout_ms=0,
-            result_ttl_ms=0,
-            defer_ms=call.defer_ms,
-            run_at_ms=0,
-            max_params_bytes=call.max_params_bytes,
-        )
+        args = _store_args(call)
         keys, argv = _enqueue_call(args)
         for job_id, text in more:
             argv += [job_id, text]
@@ -794,6 +766,28 @@ class World:
             problems += [f"database differs from the model: {_diff(expected, snap)}"]
         if problems:
             raise InvariantError(f"{where}: " + "; ".join(problems), op)
+
+
+def _store_args(call: EnqueueCall) -> EnqueueArgs:
+    """The producer's arguments (rrq.store.EnqueueArgs) for the model's call."""
+    return EnqueueArgs(
+        job_id=call.job_id,
+        function_name=call.function_name,
+        queue_name=QUEUE,
+        params_json=call.params_json,
+        max_retries=call.max_retries,
+        job_timeout_ms=call.job_timeout_ms,
+        result_ttl_ms=call.result_ttl_ms,
+        defer_ms=call.defer_ms,
+        run_at_ms=call.run_at_ms,
+        max_params_bytes=call.max_params_bytes,
+        trace_parent=call.trace_parent,
+        trace_state=call.trace_state,
+        rule=call.rule,
+        rule_key=call.rule_key,
+        rule_window_ms=call.rule_window_ms,
+        debounce_max_wait_ms=call.debounce_max_wait_ms,
+    )
 
 
 def _apply_variant(call: EnqueueCall, variant: str) -> EnqueueCall:
