@@ -277,6 +277,30 @@ async def test_wait_for_result_returns_at_once_when_terminal(client: RRQClient, 
     assert result.result == [1, 2]
 
 
+async def test_waits_reuse_their_connection_and_survive_its_loss(
+    client: RRQClient, raw: aioredis.Redis, queue: str
+) -> None:
+    async def wait_once() -> tuple[JobResult, set[int]]:
+        """One wait; the ids of the connections subscribed while it waited."""
+        job_id = await client.enqueue("f", {"queue_name": queue})
+        waiter = asyncio.create_task(client.wait_for_result(job_id, timeout=10))
+        await wait_for_subscriber(raw, keys.done_channel(queue, job_id))
+        subscribed = {int(c["id"]) for c in await raw.client_list(_type="pubsub")}
+        await settle_complete(client, queue, job_id, "1")
+        return await waiter, subscribed
+
+    first, first_ids = await wait_once()
+    second, second_ids = await wait_once()
+    assert (first.result, second.result) == (1, 1)
+    assert second_ids == first_ids  # the second wait reused the first one's connection
+    # That connection dies (as when Redis restarts): the next wait opens another.
+    for client_id in first_ids:
+        await raw.client_kill_filter(_id=str(client_id))
+    third, third_ids = await wait_once()
+    assert third.result == 1
+    assert not third_ids & first_ids
+
+
 async def test_wait_for_result_times_out(client: RRQClient, queue: str) -> None:
     job_id = await client.enqueue("f", {"queue_name": queue})
     with pytest.raises(TimeoutError):

@@ -14,6 +14,7 @@ from typing import Final
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 # Idle PubSub connections a client keeps; more concurrent waits open their own.
 MAX_IDLE: Final = 4
@@ -24,6 +25,11 @@ async def _until(pubsub: PubSub, kind: str) -> None:
     async for message in pubsub.listen():
         if message.get("type") == kind:
             return
+
+
+async def _confirmed_subscription(pubsub: PubSub, channel: str) -> None:
+    await pubsub.subscribe(channel)
+    await _until(pubsub, "subscribe")
 
 
 class DoneSubscriptions:
@@ -40,11 +46,9 @@ class DoneSubscriptions:
         connection next, and a transition Redis published before it had
         registered the subscription would never arrive.
         """
-        pubsub = self._idle.pop() if self._idle else redis.pubsub()
+        pubsub = await self._subscribe(redis, channel)
         clean = False
         try:
-            await pubsub.subscribe(channel)
-            await _until(pubsub, "subscribe")
             yield pubsub
             await pubsub.unsubscribe(channel)
             # Messages published before the unsubscribe come first: read them
@@ -56,6 +60,26 @@ class DoneSubscriptions:
                 self._idle.append(pubsub)
             else:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _subscribe(self, redis: aioredis.Redis, channel: str) -> PubSub:
+        if self._idle:
+            pubsub = self._idle.pop()
+            try:
+                await _confirmed_subscription(pubsub, channel)
+            except RedisConnectionError:
+                # Redis restarted since this connection was last used, and
+                # the other idle ones are as dead: drop them all and start anew.
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self.close()
+            else:
+                return pubsub
+        pubsub = redis.pubsub()
+        try:
+            await _confirmed_subscription(pubsub, channel)
+        except BaseException:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
+        return pubsub
 
     async def wait_message(self, pubsub: PubSub) -> None:
         """Waits for the next published message."""
