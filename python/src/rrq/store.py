@@ -327,15 +327,22 @@ class Store:
             self._loaded.discard(name)
         raise RRQError(f"script {name} could not be loaded")  # pragma: no cover
 
-    async def enqueue(self, args: EnqueueArgs, *, register_queue: bool) -> EnqueueReply:
-        """Writes a job (enqueue.lua), preceded by ``SADD rrq:queues`` when asked."""
-        queue = args.queue_name
+    async def _run_enqueue(
+        self, args: EnqueueArgs, more: Sequence[tuple[str, str]], *, register_queue: bool
+    ) -> list[Any]:
+        """enqueue.lua for ``args`` and the ``more`` (id, params) pairs, preceded by
+        ``SADD rrq:queues`` when asked; its raw reply."""
         before: list[tuple[str, Sequence[Any]]] = []
         if register_queue:
-            before.append(("SADD", (QUEUES_KEY, queue)))
+            before.append(("SADD", (QUEUES_KEY, args.queue_name)))
         keys, argv = _enqueue_call(args)
-        reply = await self._run("enqueue", keys, argv, before=before)
-        code, job_id, value = reply
+        for job_id, params_json in more:
+            argv += [job_id, params_json]
+        return await self._run("enqueue", keys, argv, before=before)
+
+    async def enqueue(self, args: EnqueueArgs, *, register_queue: bool) -> EnqueueReply:
+        """Writes a job (enqueue.lua), preceded by ``SADD rrq:queues`` when asked."""
+        code, job_id, value = await self._run_enqueue(args, (), register_queue=register_queue)
         return EnqueueReply(int(code), _text(job_id), int(value))
 
     async def enqueue_many(
@@ -347,17 +354,9 @@ class Store:
         Each job is written atomically on its own (one reply each, in order);
         ``first`` must carry no rule. Preceded by ``SADD rrq:queues`` when asked.
         """
-        before: list[tuple[str, Sequence[Any]]] = []
-        if register_queue:
-            before.append(("SADD", (QUEUES_KEY, first.queue_name)))
-        keys, argv = _enqueue_call(first)
-        for job_id, params_json in more:
-            argv += [job_id, params_json]
-        reply = await self._run("enqueue", keys, argv, before=before)
         if not more:  # a single job answers as enqueue() does
-            code, job_id, value = reply
-            return [EnqueueReply(int(code), _text(job_id), int(value))]
-        run_at, *statuses = reply
+            return [await self.enqueue(first, register_queue=register_queue)]
+        run_at, *statuses = await self._run_enqueue(first, more, register_queue=register_queue)
         ids = [first.job_id, *(job_id for job_id, _ in more)]
         return [
             EnqueueReply(ENQUEUE_EXISTS, job_id, int(status))
