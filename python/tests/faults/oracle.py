@@ -299,6 +299,23 @@ async def check(
         "budget": sum(f.budget for f in faults),
         "detail": {"lost": lost[:10], "double_terminal": double_terminal[:10], "stuck": stuck[:10]},
     }
+    if lost:
+        # What a rare loss looked like, so a failed CI run can be diagnosed afterwards.
+        record["lost_trace"] = {
+            job: {
+                "acks": [
+                    line
+                    for line in producer.log.read_text(encoding="utf-8").splitlines()
+                    if line.split()[0] == job
+                ],
+                "status": None if statuses[job] is None else str(statuses[job].status),  # type: ignore[union-attr]
+                "events": [
+                    (e.kind, e.attempt, e.pid, round(e.t, 3), e.how) for e in events if e.job == job
+                ],
+                "faults_at": [round(f.end, 3) for f in faults],
+            }
+            for job in lost[:5]
+        }
     print("CHECKER " + json.dumps(record, sort_keys=True))
     return record
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from rrq.registry import Registry
@@ -28,14 +29,24 @@ def _log(line: str) -> None:
     os.write(_fd, (line + "\n").encode())
 
 
+async def _wait_for_file(path: str) -> None:
+    # The test creates the file when the attempt may end; a file is the one
+    # signal both processes share without a channel of their own.
+    while not await asyncio.to_thread(Path(path).exists):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)  # bounded poll: asyncio has no file-created event
+
+
 async def work(request: ExecutionRequest) -> dict[str, Any]:
-    """Sleeps ``sleep_ms``; fails attempt 1 if ``fail_first``; returns ``result_bytes`` chars."""
+    """Sleeps ``sleep_ms``, waits for ``hold_until_file`` to exist (when given);
+    fails attempt 1 if ``fail_first``; returns ``result_bytes`` chars."""
     params = request.params
     job, attempt, pid = request.job_id, request.attempt, os.getpid()
     _log(f"start {job} {attempt} {pid} {time.time():.6f}")
     how = "cancelled"
     try:
         await asyncio.sleep(params.get("sleep_ms", 0) / 1000)
+        if "hold_until_file" in params:
+            await _wait_for_file(params["hold_until_file"])
         if params.get("fail_first") and attempt == 1:
             how = "fail"
             raise RuntimeError("designed failure on attempt 1")

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -253,8 +254,9 @@ async def test_f17_unknown_function_dead_letters(
     assert_pass(record, dup_budget=0)
 
 
-async def _race(dsn: str, log: Any, job: str, phase: str, n: int = 100) -> list[object]:
-    """``n`` producers on their own connections enqueue ``job`` at once."""
+async def _race(dsn: str, log: Any, job: str, phase: str, hold: Path, n: int = 100) -> list[object]:
+    """``n`` producers on their own connections enqueue ``job`` at once; its
+    attempt runs until the file ``hold`` exists."""
     clients = [RRQClient(config={"redis_dsn": dsn}) for _ in range(n)]
     try:
         # Connect first, so the enqueues race rather than the connects.
@@ -262,7 +264,8 @@ async def _race(dsn: str, log: Any, job: str, phase: str, n: int = 100) -> list[
         gate = asyncio.Event()
 
         async def one(i: int, client: RRQClient) -> object:
-            params = {"sleep_ms": 1500, "who": "A"} if i % 2 else {"sleep_ms": 1500, "who": i}
+            who: object = "A" if i % 2 else i
+            params = {"sleep_ms": 1, "hold_until_file": str(hold), "who": who}
             await gate.wait()
             try:
                 await client.enqueue("work", {"params": params, "job_id": job})
@@ -301,7 +304,8 @@ async def test_f18_duplicate_job_id(
         return json.loads(raw)  # type: ignore[no-any-return]
 
     # Pending: no orchestrator yet.
-    verdicts = await _race(fault_redis.dsn, producer.log, job, "pending")
+    hold = harness.dir / "f18-release"  # the job's attempt runs until this exists
+    verdicts = await _race(fault_redis.dsn, producer.log, job, "pending", hold)
     winners = [v for v in verdicts if isinstance(v, dict)]
     losers = [v for v in verdicts if isinstance(v, DuplicateJobError)]
     assert len(winners) == 1, verdicts
@@ -314,8 +318,9 @@ async def test_f18_duplicate_job_id(
     await asyncio.to_thread(harness.oracle.wait_running, 1, None, 20)
     for phase, status in (("running", JobStatus.ACTIVE), ("finished", JobStatus.COMPLETED)):
         if phase == "finished":
+            hold.touch()
             await wait_status(fault_client, job, {JobStatus.COMPLETED}, 20)
-        verdicts = await _race(fault_redis.dsn, producer.log, job, phase)
+        verdicts = await _race(fault_redis.dsn, producer.log, job, phase, hold)
         odd = [v for v in verdicts if not isinstance(v, DuplicateJobError)]
         assert not odd, f"{phase}: {odd[:3]}"
         seen = {e.status for e in verdicts if isinstance(e, DuplicateJobError)}
