@@ -13,9 +13,10 @@ field by field:
 * ``run_at_ms`` becomes ``enqueued+<ms>``, or ``last debounce call+<ms>`` for a
   debounced job (checked against the Redis times around that call), or stays
   absolute when it is more than a day away (``defer_until``);
-* scores of ``due`` entries become ``run_at_ms`` when they equal the job's;
-* TTLs become the expiry minus the holder job's ``enqueued_at_ms``, rounded to
-  seconds (``none`` without TTL);
+* scores of ``due`` entries become ``run_at_ms`` when they equal the job's
+  (its ``enqueued_at_ms`` when ``run_at_ms`` is not stored: due at once);
+* TTLs become the expiry minus the holder job's ``enqueued_at_ms`` (its run time
+  for a debounce pointer), rounded to seconds (``none`` without TTL);
 * ``params_json`` and ``errors_json`` are compared as JSON values (a byte
   difference alone is reported as a note, not a failure).
 """
@@ -164,14 +165,21 @@ def snapshot(client: redis.Redis, calls: list[Call], run: Run) -> dict[str, Any]
         value = raw_jobs.get(job_id, {}).get("enqueued_at_ms")
         return int(value) if value else None
 
+    def run_at(job_id: str) -> int | None:
+        value = raw_jobs.get(job_id, {}).get("run_at_ms")
+        return int(value) if value else enqueued(job_id)  # not stored: due at once
+
     def ttl(key: str, holder: str | None) -> str:
         pttl = int(client.pttl(key))
         if pttl < 0:
             return "none"
-        anchor = enqueued(holder) if holder else None
-        if anchor is None:
+        # A debounce pointer's expiry follows its job's run time, which each
+        # call in the window moves by however long the calls took.
+        anchor, what = (run_at, "run time") if ":debounce:" in key else (enqueued, "enqueue")
+        at = anchor(holder) if holder else None
+        if at is None:
             return f"~{round(pttl / 1000)}s from now"
-        return f"{round((now + pttl - anchor) / 1000)}s after the holder's enqueue"
+        return f"{round((now + pttl - at) / 1000)}s after the holder's {what}"
 
     out: dict[str, Any] = {}
     for key in keys:
@@ -198,12 +206,11 @@ def snapshot(client: redis.Redis, calls: list[Call], run: Run) -> dict[str, Any]
         elif kind == "zset":
             members = {}
             for member, score in zset_items(client, key):
-                job_id = member
-                run_at = raw_jobs.get(job_id, {}).get("run_at_ms")
-                members[ids(job_id)] = (
+                due_at = run_at(member)
+                members[ids(member)] = (
                     "run_at_ms"
-                    if run_at and int(score) == int(run_at)
-                    else f"score {int(score)} (run_at_ms {run_at})"
+                    if due_at and int(score) == due_at
+                    else f"score {int(score)} (run_at_ms {due_at})"
                 )
             out[name] = {"type": kind, "ttl": ttl(key, None), "members": members}
         elif kind == "set":

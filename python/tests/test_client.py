@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +15,7 @@ import redis.asyncio as aioredis
 
 from helpers import nothing_written, wait_for_subscriber
 from rrq import store as keys
-from rrq.client import RRQClient, uuid7
+from rrq.client import RRQClient, ulid
 from rrq.exceptions import (
     DuplicateJobError,
     InvalidOptionError,
@@ -46,19 +47,23 @@ async def test_enqueue_writes_the_record_per_the_schema(
         "send_email", {"params": {"to": "a@b.c", "n": 1}, "queue_name": queue}
     )
 
-    assert uuid.UUID(job_id).version == 7
+    assert len(job_id) == 26  # a ULID
     record = await job_hash(raw, queue, job_id)
     assert "id" not in record  # the id and the queue are in the key
     assert "queue_name" not in record
     assert record["function_name"] == "send_email"
     assert json.loads(record["params_json"]) == {"to": "a@b.c", "n": 1}
     assert record["status"] == "1"  # JOB_STATUS_PENDING
-    assert record["attempt"] == "0"
+    assert "attempt" not in record  # 0 is not stored
     assert record["max_retries"] == "3"  # default_max_retries
     assert "job_timeout_ms" not in record  # orchestrator default applies
     assert "result_ttl_ms" not in record
-    assert record["run_at_ms"] == record["enqueued_at_ms"]
-    assert await raw.zscore(keys.due_key(queue), job_id) == float(record["run_at_ms"])
+    assert "run_at_ms" not in record  # due at once: run_at is enqueued_at
+    assert await raw.zscore(keys.due_key(queue), job_id) == float(record["enqueued_at_ms"])
+    status = await client.get_job_status(job_id)
+    assert status is not None
+    assert status.attempt == 0
+    assert status.run_at == status.enqueued_at
     assert await raw.sismember(keys.QUEUES_KEY, queue)
 
 
@@ -208,7 +213,7 @@ async def test_defer_until_scores_the_absolute_time(
         "f", {"queue_name": queue, "defer_until": datetime(2024, 1, 1, tzinfo=UTC)}
     )
     record = await job_hash(raw, queue, past)
-    assert record["run_at_ms"] == record["enqueued_at_ms"]
+    assert "run_at_ms" not in record  # due at once: run_at is enqueued_at
 
 
 def timezone_plus_5() -> Any:
@@ -322,13 +327,15 @@ async def test_client_is_lazy_and_reusable_after_close(redis_dsn: str, queue: st
     await c.close()
 
 
-def test_uuid7_layout() -> None:
-    ids = [uuid7() for _ in range(100)]
+def test_ulid_layout() -> None:
+    crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    before = time.time_ns() // 1_000_000
+    ids = [ulid() for _ in range(100)]
+    after = time.time_ns() // 1_000_000
     assert len(set(ids)) == 100
+    assert all(len(text) == 26 and set(text) <= set(crockford) for text in ids)
     for text in ids:
-        value = uuid.UUID(text)
-        assert value.version == 7
-        assert value.variant == uuid.RFC_4122
-    ms = uuid.UUID(ids[0]).int >> 80
-    now_ms = int(datetime.now(UTC).timestamp() * 1000)
-    assert abs(now_ms - ms) < 60_000
+        ms = 0
+        for char in text[:10]:
+            ms = ms * 32 + crockford.index(char)
+        assert before <= ms <= after

@@ -120,7 +120,7 @@ async def test_requeue_and_purge_work_in_batches(client: RRQClient, queue: str) 
     assert await redis.zcard(keys.dlq_key(queue)) == 0
     assert await redis.zcard(keys.due_key(queue)) == 250
     fields = await redis.hmget(keys.job_key(queue, ids[-1]), "status", "attempt")
-    assert fields == [b"1", b"0"]
+    assert fields == [b"1", None]  # PENDING, attempt 0 (not stored)
 
     other = queue + "-purge"
     purge_ids = await fake_dead_jobs(client, other, 230)

@@ -9,7 +9,7 @@
  */
 export {
   RRQClient,
-  uuid7,
+  ulid,
   type DebounceOptions,
   type EnqueueOptions,
   type RateLimitOptions,

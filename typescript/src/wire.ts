@@ -102,7 +102,8 @@ export function jobResultFromHash(fields: JobHash, jobId: string, queue: string)
     lastError: fields["last_error"] ?? "",
     lastErrorType: fields["last_error_type"] ?? "",
     enqueuedAt: dateFromMs(int(fields["enqueued_at_ms"])),
-    runAt: dateFromMs(int(fields["run_at_ms"])),
+    // Not stored when the job was due at once.
+    runAt: dateFromMs(int(fields["run_at_ms"] ?? fields["enqueued_at_ms"])),
     startedAt: dateFromMs(int(fields["started_at_ms"])),
     finishedAt: dateFromMs(int(fields["finished_at_ms"])),
     errors: errorsFromJson(fields["errors_json"]),

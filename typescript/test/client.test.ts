@@ -10,6 +10,7 @@ import {
   JobStatus,
   PayloadTooLargeError,
   RRQClient,
+  ulid,
   WaitTimeoutError,
 } from "../src/index.js";
 import { nothingWritten, type RedisServer, startRedis } from "./helpers.js";
@@ -90,6 +91,19 @@ describe("validation: nothing is written on rejection", () => {
   }
 });
 
+test("generated job ids are ULIDs that carry their millisecond", () => {
+  const crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+  const first = Date.now();
+  const ids = Array.from({ length: 100 }, () => ulid());
+  const last = Date.now();
+  assert.equal(new Set(ids).size, 100);
+  for (const id of ids) {
+    assert.match(id, /^[0-7][0-9A-HJKMNP-TV-Z]{25}$/);
+    const ms = [...id.slice(0, 10)].reduce((acc, c) => acc * 32 + crockford.indexOf(c), 0);
+    assert.ok(first <= ms && ms <= last, `${ms} not in ${first}..${last}`);
+  }
+});
+
 describe("enqueue", () => {
   test("the record follows the schema", async () => {
     const q = queue();
@@ -101,7 +115,7 @@ describe("enqueue", () => {
       resultTtlSeconds: 60.0005,
       traceParent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     });
-    assert.match(id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    assert.match(id, /^[0-7][0-9A-HJKMNP-TV-Z]{25}$/); // a ULID
     const redis = client.store.redis;
     assert.ok((await redis.smembers("rrq:queues")).includes(q));
     const hash = await redis.hgetall(`rrq:{${q}}:job:${id}`);
@@ -110,16 +124,19 @@ describe("enqueue", () => {
     assert.equal(hash["function_name"], "send");
     assert.equal(hash["params_json"], '{"to":"ä@example.com","n":1,"f":1e-05,"nested":{"list":[true,null]}}');
     assert.equal(hash["status"], "1");
-    assert.equal(hash["attempt"], "0");
+    assert.equal(hash["attempt"], undefined); // 0 is not stored
     assert.equal(hash["max_retries"], "2");
     assert.equal(hash["job_timeout_ms"], "30000");
     assert.equal(hash["result_ttl_ms"], "60000"); // 60000.5 rounds half to even, as Python does
     assert.equal(hash["trace_parent"], "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
     assert.equal(hash["trace_state"], undefined); // empty fields are not stored
     assert.ok(Number(hash["enqueued_at_ms"]) > 0);
-    assert.equal(hash["run_at_ms"], hash["enqueued_at_ms"]);
+    assert.equal(hash["run_at_ms"], undefined); // due at once: run_at is enqueued_at
     const score = await redis.zscore(`rrq:{${q}}:due`, id);
-    assert.equal(Number(score), Number(hash["run_at_ms"]));
+    assert.equal(Number(score), Number(hash["enqueued_at_ms"]));
+    const status = await client.getJobStatus(id);
+    assert.equal(status?.attempt, 0);
+    assert.equal(status?.runAt?.getTime(), status?.enqueuedAt?.getTime());
   });
 
   test("defaults, deferBySeconds and deferUntil", async () => {

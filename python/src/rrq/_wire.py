@@ -75,6 +75,8 @@ def _job_from_hash(fields: Mapping[bytes, bytes]) -> job_pb2.Job:
             setattr(job, name, text not in ("", "0", "false"))
         else:  # int64 and enum fields are stored as decimal integers
             setattr(job, name, int(text))
+    if not job.run_at_ms:  # not stored when the job was due at once
+        job.run_at_ms = job.enqueued_at_ms
     return job
 
 

@@ -98,7 +98,7 @@ class Job:
     attempt: int
     max_retries: int
     enqueued_at_ms: int
-    run_at_ms: int
+    run_at_ms: int | None  # None: not stored, the job was due when enqueued
     job_timeout_ms: int = 0
     result_ttl_ms: int = 0
     trace_parent: str = ""
@@ -121,12 +121,12 @@ class Job:
             "function_name": self.function_name,
             "params_json": self.params_json,
             "status": str(self.status),
-            "attempt": str(self.attempt),
             "max_retries": str(self.max_retries),
             "enqueued_at_ms": str(self.enqueued_at_ms),
-            "run_at_ms": str(self.run_at_ms),
         }
-        optional: dict[str, Any] = {
+        optional: dict[str, Any] = {  # left out at their defaults
+            "attempt": str(self.attempt) if self.attempt > 0 else None,
+            "run_at_ms": _opt(self.run_at_ms),
             "job_timeout_ms": str(self.job_timeout_ms) if self.job_timeout_ms > 0 else None,
             "result_ttl_ms": str(self.result_ttl_ms) if self.result_ttl_ms > 0 else None,
             "trace_parent": self.trace_parent or None,
@@ -298,7 +298,7 @@ class LuaModel:
             attempt=0,
             max_retries=call.max_retries,
             enqueued_at_ms=self.now,
-            run_at_ms=run_at,
+            run_at_ms=run_at if run_at != self.now else None,
             job_timeout_ms=call.job_timeout_ms,
             result_ttl_ms=call.result_ttl_ms,
             trace_parent=call.trace_parent,
@@ -400,7 +400,7 @@ class LuaModel:
                     str(job.enqueued_at_ms),
                     job.trace_parent,
                     job.trace_state,
-                    str(job.run_at_ms),
+                    str(job.enqueued_at_ms if job.run_at_ms is None else job.run_at_ms),
                 ]
             )
         if self.due:

@@ -904,6 +904,14 @@ def _dlq_members(snap: Snapshot) -> list[str]:
     return list(_zset(snap, dlq_key(QUEUE)))
 
 
+def _attempt(fields: Mapping[str, Any]) -> int:
+    return int(fields.get("attempt", 0))  # 0 is not stored
+
+
+def _run_at(fields: Mapping[str, Any]) -> int:
+    return int(fields.get("run_at_ms", fields["enqueued_at_ms"]))  # not stored when due at once
+
+
 def _holds(snap: Snapshot, job: str, attempt: int, owner: str) -> bool:
     """The fence, read from the database itself (not from the model)."""
     record = _jobs(snap, QUEUE).get(job)
@@ -912,7 +920,7 @@ def _holds(snap: Snapshot, job: str, attempt: int, owner: str) -> bool:
     fields = record[1]
     return (
         fields.get("status") == str(ACTIVE)
-        and fields.get("attempt") == str(attempt)
+        and _attempt(fields) == attempt
         and fields.get("lease_owner") == owner
     )
 
@@ -937,10 +945,12 @@ def structure_violations(
     due, active, dlq = (_zset(snap, k(queue)) for k in (due_key, active_key, dlq_key))
     jobs = _jobs(snap, queue)
     for job, (ttl, f) in jobs.items():
-        status, attempt = int(f["status"]), int(f["attempt"])
+        status, attempt, run_at = int(f["status"]), _attempt(f), _run_at(f)
         where = f"job {job} (status {status}, attempt {attempt})"
         if "id" in f or "queue_name" in f:
             problems.append(f"{where}: the hash repeats its key's id or queue")
+        if f.get("attempt") == "0":
+            problems.append(f"{where}: attempt 0 is stored (it is the default)")
         stale_dlq = job in dlq and dlq[job] < int(f["enqueued_at_ms"])
         places = [name for name, z in (("due", due), ("active", active)) if job in z]
         if job in dlq and not stale_dlq:
@@ -956,8 +966,8 @@ def structure_violations(
         )
         if places != wanted_places:
             problems.append(f"{where}: in {places}, must be in {wanted_places}")
-        if status in WAITING and job in due and due[job] != int(f["run_at_ms"]):
-            problems.append(f"{where}: due score {due[job]} != run_at_ms {f['run_at_ms']}")
+        if status in WAITING and job in due and due[job] != run_at:
+            problems.append(f"{where}: due score {due[job]} != run_at_ms {run_at}")
         if status == FAILED and job in dlq and dlq[job] != int(f.get("finished_at_ms", -1)):
             problems.append(f"{where}: dlq score {dlq[job]} != finished_at_ms")
         if status == ACTIVE:
@@ -997,13 +1007,14 @@ def _debounce_window_violations(
         f = record[1]
         window_open = (
             f["status"] == str(PENDING)
-            and f["attempt"] == "0"
+            and _attempt(f) == 0
             and f.get("debounce_key") == key[len(prefix) :]
         )
-        if window_open and ttl >= 0 and now + ttl < int(f["run_at_ms"]):
+        if window_open and ttl >= 0 and now + ttl < _run_at(f):
             problems.append(
                 f"debounce pointer {key} expires at {now + ttl}, before its job "
-                f"{f['id']} runs at {f['run_at_ms']}: the next call would open a second window"
+                f"{pointer['job_id']} runs at {_run_at(f)}: the next call would open a "
+                "second window"
             )
     return problems
 
@@ -1024,7 +1035,7 @@ def transition_violations(before: Snapshot, after: Snapshot, allowed: Allowed) -
     old_jobs, new_jobs = _jobs(before, QUEUE), _jobs(after, QUEUE)
     for job in old_jobs.keys() & new_jobs.keys():
         (_, old), (_, new) = old_jobs[job], new_jobs[job]
-        old_attempt, new_attempt = int(old["attempt"]), int(new["attempt"])
+        old_attempt, new_attempt = _attempt(old), _attempt(new)
         old_status = int(old["status"])
         revived = job in allowed.revive and old_status == FAILED
         if new_attempt < old_attempt and not (

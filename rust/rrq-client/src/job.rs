@@ -166,7 +166,12 @@ impl JobResult {
             last_error_type: text("last_error_type"),
             errors: errors_from_json(&text("errors_json")),
             enqueued_at: time(int("enqueued_at_ms")),
-            run_at: time(int("run_at_ms")),
+            // Not stored when the job was due at once.
+            run_at: time(int(if fields.contains_key("run_at_ms") {
+                "run_at_ms"
+            } else {
+                "enqueued_at_ms"
+            })),
             started_at: time(int("started_at_ms")),
             finished_at: time(int("finished_at_ms")),
             unique_key: text("unique_key"),

@@ -27,7 +27,7 @@ pub mod config;
 pub mod error;
 pub mod job;
 
-pub use client::{Client, Debounce, EnqueueOptions, RateLimit, uuid7};
+pub use client::{Client, Debounce, EnqueueOptions, RateLimit, ulid};
 pub use config::ClientConfig;
 pub use error::{Error, Result};
 pub use job::{AttemptError, JobResult, JobStatus};

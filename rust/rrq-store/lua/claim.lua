@@ -68,7 +68,7 @@ for _, id in ipairs(ids) do
       end
     end
     table.insert(result, {id, attempt, f[3], f[4], f[5] or '0', f[6] or '0', f[7] or '0',
-      f[8] or '', f[9] or '', f[11] or '0'})
+      f[8] or '', f[9] or '', f[11] or f[7] or '0'})
   end
 end
 batched('ZADD', active_key, leased)

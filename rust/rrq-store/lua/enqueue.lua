@@ -157,18 +157,20 @@ local run_at = math.max(now + numbers['defer_ms'], numbers['run_at_ms'])
 -- key, so the hash does not repeat them: every field costs memory on each of
 -- a backlog's jobs.
 local function record_fields(text)
+  -- Fields at their default are left out (attempt 0; run_at_ms equal to
+  -- enqueued_at_ms): with a small job this keeps the record in a smaller
+  -- allocation, which is most of a backlog's memory (docs/redis-schema.md).
   local fields = {
     'function_name', ARGV[2],
     'params_json', text,
     'status', STATUS_PENDING,
-    'attempt', 0,
     'max_retries', numbers['max_retries'],
     'enqueued_at_ms', now,
-    'run_at_ms', run_at,
   }
   local function add(name, value)
     table.insert(fields, name); table.insert(fields, value)
   end
+  if run_at ~= now then add('run_at_ms', run_at) end
   if numbers['job_timeout_ms'] > 0 then add('job_timeout_ms', numbers['job_timeout_ms']) end
   if numbers['result_ttl_ms'] > 0 then add('result_ttl_ms', numbers['result_ttl_ms']) end
   if ARGV[10] ~= '' then add('trace_parent', ARGV[10]) end
@@ -226,7 +228,7 @@ elseif rule == 'debounce' then
     -- Only the job this window opened counts: a cancelled one's record may
     -- have expired and its id been reused by an unrelated job.
     local w = redis.call('HMGET', waiting_key, 'status', 'attempt', 'debounce_key')
-    if tonumber(w[1]) == STATUS_PENDING and tonumber(w[2]) == 0 and w[3] == ARGV[15] then
+    if tonumber(w[1]) == STATUS_PENDING and (tonumber(w[2]) or 0) == 0 and w[3] == ARGV[15] then
       -- The window is open: the waiting job takes the newest params and waits again.
       local when = now + window
       if max_wait > 0 then

@@ -144,8 +144,12 @@ local function settle_one(id, fence_attempt, owner, action, text, error_type, de
       'cancelled while the orchestrator shut down', 'last_error_type', 'Cancelled')
   end
   -- The released attempt never happened as far as the record is concerned.
-  redis.call('HSET', job_key, 'attempt', attempt - 1)
-  redis.call('HDEL', job_key, 'started_at_ms')
+  if attempt > 1 then
+    redis.call('HSET', job_key, 'attempt', attempt - 1)
+    redis.call('HDEL', job_key, 'started_at_ms')
+  else
+    redis.call('HDEL', job_key, 'attempt', 'started_at_ms')  -- attempt 0 is not stored
+  end
   if attempt - 1 > 0 then
     return wait_again(STATUS_RETRYING, now)
   end

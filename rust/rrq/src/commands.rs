@@ -202,7 +202,7 @@ async fn list(store: Store, dsn: String, a: &DlqListArgs) -> Result<u8, Failure>
                 e.id,
                 e.queue,
                 f("function_name"),
-                f("attempt"),
+                f("attempt").parse::<i64>().unwrap_or(0),
                 format_ms(e.failed_at_ms),
                 f("last_error_type"),
                 first_line(f("last_error"))

@@ -36,8 +36,8 @@ for _, id in ipairs(ids) do
     local status = tonumber(redis.call('HGET', key, 'status'))
     redis.call('ZREM', dlq_key, id)
     if status == STATUS_FAILED then
-      redis.call('HSET', key, 'status', STATUS_PENDING, 'attempt', 0, 'run_at_ms', now)
-      redis.call('HDEL', key, 'finished_at_ms', 'started_at_ms', 'cancel_requested')
+      redis.call('HSET', key, 'status', STATUS_PENDING, 'run_at_ms', now)
+      redis.call('HDEL', key, 'attempt', 'finished_at_ms', 'started_at_ms', 'cancel_requested')
       redis.call('PERSIST', key)
       redis.call('ZADD', due_key, now, id)
       requeued = requeued + 1

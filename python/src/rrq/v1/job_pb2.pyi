@@ -72,7 +72,9 @@ class Job(_message.Message):
     carries the name of the proto field below (see docs/redis-schema.md). This
     message is the schema of that hash: the Lua scripts, the Rust store and the
     Python store all read and write exactly these names. All times are epoch
-    milliseconds taken from Redis `TIME`, never from a host clock.
+    milliseconds taken from Redis `TIME`, never from a host clock. A field at its
+    default (zero, empty, or as stated below) is not stored: most of a backlog's
+    memory is its waiting records.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -102,7 +104,7 @@ class Job(_message.Message):
     DEBOUNCE_KEY_FIELD_NUMBER: _builtins.int
     CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Unique id of the job. Producers may choose it; otherwise a UUIDv7 is used.
+    """Unique id of the job. Producers may choose it; otherwise a ULID is used.
     Not a field of the Redis hash: it is in the key, `rrq:{<queue>}:job:<id>`.
     """
     function_name: _builtins.str
@@ -128,7 +130,9 @@ class Job(_message.Message):
     enqueued_at_ms: _builtins.int
     """When the producer's enqueue committed."""
     run_at_ms: _builtins.int
-    """Earliest time the next attempt may start."""
+    """Earliest time the next attempt may start. Not stored when it equals
+    enqueued_at_ms (the job was due at once); readers fill it in.
+    """
     started_at_ms: _builtins.int
     """When the current attempt was claimed."""
     finished_at_ms: _builtins.int

@@ -5,10 +5,12 @@
 /// carries the name of the proto field below (see docs/redis-schema.md). This
 /// message is the schema of that hash: the Lua scripts, the Rust store and the
 /// Python store all read and write exactly these names. All times are epoch
-/// milliseconds taken from Redis `TIME`, never from a host clock.
+/// milliseconds taken from Redis `TIME`, never from a host clock. A field at its
+/// default (zero, empty, or as stated below) is not stored: most of a backlog's
+/// memory is its waiting records.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Job {
-    /// Unique id of the job. Producers may choose it; otherwise a UUIDv7 is used.
+    /// Unique id of the job. Producers may choose it; otherwise a ULID is used.
     /// Not a field of the Redis hash: it is in the key, `rrq:{<queue>}:job:<id>`.
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
@@ -41,7 +43,8 @@ pub struct Job {
     /// When the producer's enqueue committed.
     #[prost(int64, tag = "10")]
     pub enqueued_at_ms: i64,
-    /// Earliest time the next attempt may start.
+    /// Earliest time the next attempt may start. Not stored when it equals
+    /// enqueued_at_ms (the job was due at once); readers fill it in.
     #[prost(int64, tag = "11")]
     pub run_at_ms: i64,
     /// When the current attempt was claimed.

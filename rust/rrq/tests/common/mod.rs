@@ -286,3 +286,15 @@ pub async fn job_field(store: &Store, queue: &str, id: &str, field: &str) -> Str
         .unwrap();
     v.unwrap_or_default()
 }
+
+/// When job `id` is due: its `run_at_ms`, which is not stored when the job
+/// was due at once (then it is `enqueued_at_ms`).
+pub async fn job_run_at_ms(store: &Store, queue: &str, id: &str) -> i64 {
+    let stored = job_field(store, queue, id, "run_at_ms").await;
+    let text = if stored.is_empty() {
+        job_field(store, queue, id, "enqueued_at_ms").await
+    } else {
+        stored
+    };
+    text.parse().unwrap()
+}

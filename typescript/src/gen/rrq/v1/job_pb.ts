@@ -19,13 +19,15 @@ export const file_rrq_v1_job: GenFile = /*@__PURE__*/
  * carries the name of the proto field below (see docs/redis-schema.md). This
  * message is the schema of that hash: the Lua scripts, the Rust store and the
  * Python store all read and write exactly these names. All times are epoch
- * milliseconds taken from Redis `TIME`, never from a host clock.
+ * milliseconds taken from Redis `TIME`, never from a host clock. A field at its
+ * default (zero, empty, or as stated below) is not stored: most of a backlog's
+ * memory is its waiting records.
  *
  * @generated from message rrq.v1.Job
  */
 export type Job = Message<"rrq.v1.Job"> & {
   /**
-   * Unique id of the job. Producers may choose it; otherwise a UUIDv7 is used.
+   * Unique id of the job. Producers may choose it; otherwise a ULID is used.
    * Not a field of the Redis hash: it is in the key, `rrq:{<queue>}:job:<id>`.
    *
    * @generated from field: string id = 1;
@@ -98,7 +100,8 @@ export type Job = Message<"rrq.v1.Job"> & {
   enqueuedAtMs: bigint;
 
   /**
-   * Earliest time the next attempt may start.
+   * Earliest time the next attempt may start. Not stored when it equals
+   * enqueued_at_ms (the job was due at once); readers fill it in.
    *
    * @generated from field: int64 run_at_ms = 11;
    */
