@@ -163,6 +163,7 @@ impl Telemetry {
             tracestate: sc.trace_state().header(),
             span: Some(process),
             clock: self.clock.clone(),
+            started_ms: sent_ms,
         })
     }
 
@@ -200,6 +201,9 @@ pub struct AttemptTrace {
     pub tracestate: String,
     span: Option<Span>,
     clock: Arc<RedisClock>,
+    /// When the span started (Redis time): it may come from the claim's own
+    /// clock reading, ahead of this process's estimate of Redis time.
+    started_ms: i64,
 }
 
 impl std::fmt::Debug for AttemptTrace {
@@ -211,10 +215,15 @@ impl std::fmt::Debug for AttemptTrace {
 }
 
 impl AttemptTrace {
+    /// Now, by the estimate of Redis time, but never before the span started.
+    fn end_ms(&self) -> i64 {
+        self.clock.now_ms().max(self.started_ms)
+    }
+
     /// Ends the `process` span as a success.
     pub fn end_ok(mut self) {
         if let Some(span) = self.span.take() {
-            span.end_at(self.clock.now_ms());
+            span.end_at(self.end_ms());
         }
     }
 
@@ -223,7 +232,7 @@ impl AttemptTrace {
         if let Some(mut span) = self.span.take() {
             span.set_attribute(KeyValue::new("error.type", error_type.to_owned()));
             span.set_status(Status::error(first_line(message).to_owned()));
-            span.end_at(self.clock.now_ms());
+            span.end_at(self.end_ms());
         }
     }
 }
@@ -231,7 +240,7 @@ impl AttemptTrace {
 impl Drop for AttemptTrace {
     fn drop(&mut self) {
         if let Some(span) = self.span.take() {
-            span.end_at(self.clock.now_ms());
+            span.end_at(self.end_ms());
         }
     }
 }

@@ -50,11 +50,11 @@ local MAX_ERRORS = 100
 local FIELDS = 8
 local FIRST = 5
 
-local default_ttl = tonumber(ARGV[1])
-local dlq_retention = tonumber(ARGV[2])
+local default_ttl = ARGV[1]  -- ms, as text: only PEXPIRE reads them
+local dlq_retention = ARGV[2]
 local wake_channel = ARGV[3]
 local done_prefix = ARGV[4]
-if default_ttl == nil or dlq_retention == nil then
+if tonumber(default_ttl) == nil or tonumber(dlq_retention) == nil then
   return redis.error_reply('RRQ_INVALID_ARGUMENT the result TTL and the dead-letter retention must be numbers')
 end
 if (#ARGV - FIRST + 1) % FIELDS ~= 0 then
@@ -73,7 +73,46 @@ end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Numbers passed to redis.call again and again, as text once: redis.call
+-- turns a number argument into text on every call.
+local now_text = string.format('%.17g', now)
+local STATUS_TEXT = {}
+for status = STATUS_PENDING, STATUS_CANCELLED do STATUS_TEXT[status] = tostring(status) end
 local settled = {}
+
+-- Appends one failed attempt to the job's errors_json and sets
+-- last_error/last_error_type.
+local function record_error(job_key, attempt, error_type, text, traceback)
+  local history = {}
+  local raw = redis.call('HGET', job_key, 'errors_json')
+  if raw then
+    local ok, decoded = pcall(cjson.decode, raw)
+    if ok and type(decoded) == 'table' then history = decoded end
+  end
+  table.insert(history, {attempt = attempt, error_type = error_type, message = text,
+    traceback = traceback, at_ms = now})
+  while #history > MAX_ERRORS do table.remove(history, 1) end
+  redis.call('HSET', job_key, 'errors_json', cjson.encode(history),
+    'last_error', text, 'last_error_type', error_type)
+end
+
+-- A terminal transition; `...` are more field/value pairs written in the same HSET.
+local function finish(job_key, id, new_status, ttl_ms, ...)
+  local status_text = STATUS_TEXT[new_status]
+  redis.call('HSET', job_key, 'status', status_text, 'finished_at_ms', now_text, ...)
+  redis.call('PEXPIRE', job_key, ttl_ms)
+  redis.call('PUBLISH', done_prefix .. id, status_text)
+  return 1, new_status, 0
+end
+
+-- Back to waiting, due at run_at.
+local function wait_again(job_key, id, new_status, run_at)
+  local run_at_text = string.format('%.17g', run_at)
+  redis.call('HSET', job_key, 'status', STATUS_TEXT[new_status], 'run_at_ms', run_at_text)
+  redis.call('ZADD', due_key, run_at_text, id)
+  redis.call('PUBLISH', wake_channel, run_at_text)
+  return 1, new_status, run_at
+end
 
 -- Applies one settle; returns its three reply values.
 local function settle_one(id, fence_attempt, owner, action, text, error_type, delay_ms, traceback)
@@ -86,74 +125,42 @@ local function settle_one(id, fence_attempt, owner, action, text, error_type, de
   end
   local attempt = tonumber(f[2])
   local cancel_requested = f[6] == '1'
-  local result_ttl = tonumber(f[5]) or default_ttl
+  local result_ttl = tonumber(f[5]) and f[5] or default_ttl
 
   -- lease_owner stays as the owner of the last attempt: the fence also checks
   -- the status, and the next claim overwrites it (one command less per settle).
   -- The active entry goes in one ZREM after the loop; no settle reads it.
-  table.insert(settled, id)
-
-  -- Appends one failed attempt to errors_json and sets last_error/last_error_type.
-  local function record_error()
-    local history = {}
-    local raw = redis.call('HGET', job_key, 'errors_json')
-    if raw then
-      local ok, decoded = pcall(cjson.decode, raw)
-      if ok and type(decoded) == 'table' then history = decoded end
-    end
-    table.insert(history, {attempt = attempt, error_type = error_type, message = text,
-      traceback = traceback, at_ms = now})
-    while #history > MAX_ERRORS do table.remove(history, 1) end
-    redis.call('HSET', job_key, 'errors_json', cjson.encode(history),
-      'last_error', text, 'last_error_type', error_type)
-  end
-
-  -- `...` are more field/value pairs written in the same HSET.
-  local function finish(new_status, ttl_ms, ...)
-    redis.call('HSET', job_key, 'status', new_status, 'finished_at_ms', now, ...)
-    redis.call('PEXPIRE', job_key, ttl_ms)
-    redis.call('PUBLISH', done_prefix .. id, new_status)
-    return 1, new_status, 0
-  end
-
-  local function wait_again(new_status, run_at)
-    redis.call('HSET', job_key, 'status', new_status, 'run_at_ms', run_at)
-    redis.call('ZADD', due_key, run_at, id)
-    redis.call('PUBLISH', wake_channel, run_at)
-    return 1, new_status, run_at
-  end
+  settled[#settled + 1] = id
 
   if action == 'complete' then
-    return finish(STATUS_COMPLETED, result_ttl, 'result_json', text)
+    return finish(job_key, id, STATUS_COMPLETED, result_ttl, 'result_json', text)
   elseif action == 'retry' or action == 'fail' then
-    record_error()
+    record_error(job_key, attempt, error_type, text, traceback)
     if cancel_requested then
-      return finish(STATUS_CANCELLED, result_ttl)
+      return finish(job_key, id, STATUS_CANCELLED, result_ttl)
     end
     if action == 'fail' or attempt > (tonumber(f[4]) or 0) then
-      redis.call('ZADD', dlq_key, now, id)
-      return finish(STATUS_FAILED, dlq_retention)
+      redis.call('ZADD', dlq_key, now_text, id)
+      return finish(job_key, id, STATUS_FAILED, dlq_retention)
     end
-    return wait_again(STATUS_RETRYING, now + tonumber(delay_ms))
+    return wait_again(job_key, id, STATUS_RETRYING, now + tonumber(delay_ms))
   elseif action == 'cancel' then
-    return finish(STATUS_CANCELLED, result_ttl, 'last_error', text, 'last_error_type', 'Cancelled')
+    return finish(job_key, id, STATUS_CANCELLED, result_ttl,
+      'last_error', text, 'last_error_type', 'Cancelled')
   end
   -- release
   if cancel_requested then
-    return finish(STATUS_CANCELLED, result_ttl, 'last_error',
+    return finish(job_key, id, STATUS_CANCELLED, result_ttl, 'last_error',
       'cancelled while the orchestrator shut down', 'last_error_type', 'Cancelled')
   end
   -- The released attempt never happened as far as the record is concerned.
   if attempt > 1 then
     redis.call('HSET', job_key, 'attempt', attempt - 1)
     redis.call('HDEL', job_key, 'started_at_ms')
-  else
-    redis.call('HDEL', job_key, 'attempt', 'started_at_ms')  -- attempt 0 is not stored
+    return wait_again(job_key, id, STATUS_RETRYING, now)
   end
-  if attempt - 1 > 0 then
-    return wait_again(STATUS_RETRYING, now)
-  end
-  return wait_again(STATUS_PENDING, now)
+  redis.call('HDEL', job_key, 'attempt', 'started_at_ms')  -- attempt 0 is not stored
+  return wait_again(job_key, id, STATUS_PENDING, now)
 end
 
 local result = {}
