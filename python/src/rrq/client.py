@@ -250,8 +250,10 @@ class RRQClient:
 
     async def close(self) -> None:
         """Closes the Redis connections; the client reconnects if used again."""
-        redis, self._redis, self._store = self._redis, None, None
+        redis, self._redis, store, self._store = self._redis, None, self._store, None
         await self._done.close()
+        if store is not None:
+            await store.aclose()
         if redis is not None:
             await redis.aclose()
 

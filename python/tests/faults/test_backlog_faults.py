@@ -110,9 +110,11 @@ def sync_redis(harness: Harness) -> Iterator[redis.Redis]:
 @pytest.fixture
 async def store(harness: Harness) -> AsyncIterator[Store]:
     client = aioredis.Redis.from_url(harness.redis.dsn)
+    store = Store(client)
     try:
-        yield Store(client)
+        yield store
     finally:
+        await store.aclose()
         await client.aclose()
 
 

@@ -439,6 +439,7 @@ class Env:
         return steps, str(failure)
 
     def close(self) -> None:
+        self.run(self.store.aclose())
         self.run(self.aredis.aclose())
         self.loop.close()
         self.redis.close()
