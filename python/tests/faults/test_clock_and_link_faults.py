@@ -107,11 +107,13 @@ def check_cron(
         if int(rec.get("started_at_ms", "0") or 0) and int(rec["started_at_ms"]) < t
     ]
     off_tick = [t for t in records if t % 1000]
-    # Due at the tick, or at the enqueue when that came after it (a start-up catch-up).
+    # Due at the tick, or at the enqueue when that came after it (a start-up
+    # catch-up; run_at_ms is then not stored: it equals enqueued_at_ms).
     bad_run_at = [
         (t, rec)
         for t, rec in records.items()
-        if int(rec.get("run_at_ms", "0")) != max(t, int(rec.get("enqueued_at_ms", "0")))
+        if int(rec.get("run_at_ms", rec.get("enqueued_at_ms", "0")))
+        != max(t, int(rec.get("enqueued_at_ms", "0")))
     ]
     late_enqueue = {
         t: int(rec["enqueued_at_ms"]) - t
