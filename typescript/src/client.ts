@@ -30,7 +30,7 @@ export interface EnqueueOptions {
   /** Handler parameters: a plain JSON object (default `{}`). */
   readonly params?: Readonly<Record<string, unknown>> | null | undefined;
   readonly queueName?: string | undefined;
-  /** Explicit job id (default: a new UUIDv7). Not with `enqueueWithDebounce`. */
+  /** Explicit job id (default: a new ULID). Not with `enqueueWithDebounce`. */
   readonly jobId?: string | undefined;
   readonly maxRetries?: number | undefined;
   readonly jobTimeoutSeconds?: number | undefined;

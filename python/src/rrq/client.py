@@ -407,7 +407,7 @@ class RRQClient:
 
         ``options`` are those of :meth:`enqueue` except ``params`` (each job's
         params are its entry of ``params_list``) and ``job_id`` (every job gets
-        a new UUIDv7), and apply to every job. Every entry is validated as
+        a new ULID), and apply to every job. Every entry is validated as
         :meth:`enqueue` validates its params before anything is written; then
         the jobs are written by one ``enqueue.lua`` call per
         :data:`ENQUEUE_MANY_CHUNK` jobs, so a batch costs Redis one script call

@@ -1,6 +1,6 @@
 //! The Rust producer of RRQ: enqueue jobs, read their status, wait for their
 //! result, cancel them. Same contract as the Python `RRQClient`: every option
-//! is validated before anything is written, ids are UUIDv7, and each enqueue
+//! is validated before anything is written, ids are ULIDs, and each enqueue
 //! is one pipeline (`SADD rrq:queues` + `EVALSHA enqueue.lua`).
 //!
 //! Layout:
