@@ -114,6 +114,24 @@ async def test_password_and_database_come_from_the_dsn(tmp_path: Path) -> None:
         await wrong.aclose()
 
 
+async def test_a_connect_that_never_completes_times_out() -> None:
+    never = asyncio.Event()  # a server whose SYN-ACK never comes
+
+    async def open_streams() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    link = ScriptLink(open_streams, [], timeout=None, connect_timeout=0.05)
+    with pytest.raises(RedisTimeoutError, match="no connection"):
+        await link.execute("PING")
+
+
+def test_the_connect_timeout_follows_redis_py(redis_dsn: str) -> None:
+    assert link_for(f"{redis_dsn}?socket_connect_timeout=2")._connect_timeout == 2.0
+    assert link_for(f"{redis_dsn}?socket_timeout=3")._connect_timeout == 3.0
+    assert link_for(redis_dsn)._connect_timeout is None
+
+
 def test_tls_stays_with_redis_py() -> None:
     pool = aioredis.Redis.from_url("rediss://127.0.0.1:6390/0").connection_pool
     assert ScriptLink.for_pool(pool) is None

@@ -91,10 +91,12 @@ class ScriptLink:
         open_streams: Callable[[], Awaitable[Streams]],
         setup: list[tuple[Any, ...]],
         timeout: float | None,
+        connect_timeout: float | None = None,
     ) -> None:
         self._open_streams = open_streams
         self._setup = setup  # AUTH, SELECT: sent first on every new connection
         self._timeout = timeout
+        self._connect_timeout = connect_timeout
         self._connection: _Connection | None = None
         self._connecting = asyncio.Lock()
 
@@ -131,7 +133,14 @@ class ScriptLink:
             setup.append(("SELECT", int(kwargs["db"])))
         setup.append(("CLIENT", "SETNAME", NAME))  # so CLIENT LIST shows what it is
         timeout = kwargs.get("socket_timeout")
-        return cls(open_streams, setup, float(timeout) if timeout else None)
+        # redis-py's rule: the connect timeout, else the socket timeout.
+        connect_timeout = kwargs.get("socket_connect_timeout") or timeout
+        return cls(
+            open_streams,
+            setup,
+            float(timeout) if timeout else None,
+            float(connect_timeout) if connect_timeout else None,
+        )
 
     async def execute(self, *args: Any) -> Any:  # noqa: ANN401 - a Redis reply
         """Sends one command and returns its reply (an error reply raises)."""
@@ -167,7 +176,12 @@ class ScriptLink:
             if current is not None and current.broken is None and current.loop is loop:
                 return current  # another caller connected meanwhile
             try:
-                reader, writer = await self._open_streams()
+                async with asyncio.timeout(self._connect_timeout):
+                    reader, writer = await self._open_streams()
+            except TimeoutError:  # before OSError: it is one
+                raise RedisTimeoutError(
+                    f"no connection to Redis within {self._connect_timeout}s"
+                ) from None
             except OSError as exc:
                 raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
             connection = _Connection(writer, loop)
