@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -117,11 +117,13 @@ async def test_password_and_database_come_from_the_dsn(tmp_path: Path) -> None:
 async def test_a_connect_that_never_completes_times_out() -> None:
     never = asyncio.Event()  # a server whose SYN-ACK never comes
 
-    async def open_streams() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def open_connection(
+        factory: Callable[[], asyncio.Protocol],
+    ) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
         await never.wait()
         raise AssertionError("unreachable")
 
-    link = ScriptLink(open_streams, [], timeout=None, connect_timeout=0.05)
+    link = ScriptLink(open_connection, [], timeout=None, connect_timeout=0.05)
     with pytest.raises(RedisTimeoutError, match="no connection"):
         await link.execute("PING")
 

@@ -8,7 +8,7 @@ sequential enqueue's client time. The bytes on the wire are the same.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
@@ -52,26 +52,6 @@ def _pack_command(self: AbstractConnection, *args: Any) -> list[bytes | memoryvi
             size += length
     output.append(b"".join(pieces))
     return output
-
-
-def pack_args(args: Sequence[Any]) -> bytes:
-    """One command as RESP bytes, for a connection of RRQ's own (rrq._script_link):
-    text as UTF-8, integers and floats as redis-py writes them."""
-    pieces = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        kind = type(arg)
-        if kind is str:
-            value = arg.encode()
-        elif kind is bytes:
-            value = arg
-        elif kind is int:
-            value = b"%d" % arg
-        elif kind is float:
-            value = repr(arg).encode()
-        else:
-            raise TypeError(f"cannot send a {kind.__name__} to Redis")
-        pieces += (b"$%d\r\n" % len(value), value, b"\r\n")
-    return b"".join(pieces)
 
 
 def use_fast_packing(pool: ConnectionPool) -> None:
