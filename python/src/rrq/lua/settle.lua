@@ -71,13 +71,21 @@ for i = FIRST, #ARGV, FIELDS do
   end
 end
 
+-- A number as redis.call would write it ('%.17g'), by the integer path where
+-- that is the same text: glibc's '%.17g' costs about ten times its '%d'.
+local function num_text(n)
+  if n % 1 == 0 and n > -2^53 and n < 2^53 then return string.format('%d', n) end
+  return string.format('%.17g', n)
+end
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Numbers passed to redis.call again and again, as text once: redis.call
 -- turns a number argument into text on every call.
-local now_text = string.format('%.17g', now)
+local now_text = num_text(now)
 local STATUS_TEXT = {}
 for status = STATUS_PENDING, STATUS_CANCELLED do STATUS_TEXT[status] = tostring(status) end
+local ACTIVE_TEXT = STATUS_TEXT[STATUS_ACTIVE]
 local settled = {}
 
 -- Appends one failed attempt to the job's errors_json and sets
@@ -107,7 +115,7 @@ end
 
 -- Back to waiting, due at run_at.
 local function wait_again(job_key, id, new_status, run_at)
-  local run_at_text = string.format('%.17g', run_at)
+  local run_at_text = num_text(run_at)
   redis.call('HSET', job_key, 'status', STATUS_TEXT[new_status], 'run_at_ms', run_at_text)
   redis.call('ZADD', due_key, run_at_text, id)
   redis.call('PUBLISH', wake_channel, run_at_text)
@@ -119,9 +127,10 @@ local function settle_one(id, fence_attempt, owner, action, text, error_type, de
   local job_key = job_prefix .. id
   local f = redis.call('HMGET', job_key, 'status', 'attempt', 'lease_owner', 'max_retries',
     'result_ttl_ms', 'cancel_requested')
-  local status = tonumber(f[1])
-  if status ~= STATUS_ACTIVE or f[2] ~= fence_attempt or f[3] ~= owner then
-    return 0, status or 0, tonumber(f[2]) or 0
+  -- The status compared as the text the scripts store: no number conversion
+  -- on the common path.
+  if f[1] ~= ACTIVE_TEXT or f[2] ~= fence_attempt or f[3] ~= owner then
+    return 0, tonumber(f[1]) or 0, tonumber(f[2]) or 0
   end
   local attempt = tonumber(f[2])
   local cancel_requested = f[6] == '1'
