@@ -132,9 +132,8 @@ local function settle_one(id, fence_attempt, owner, action, text, error_type, de
   if f[1] ~= ACTIVE_TEXT or f[2] ~= fence_attempt or f[3] ~= owner then
     return 0, tonumber(f[1]) or 0, tonumber(f[2]) or 0
   end
-  local attempt = tonumber(f[2])
   local cancel_requested = f[6] == '1'
-  local result_ttl = tonumber(f[5]) and f[5] or default_ttl
+  local result_ttl = f[5] and tonumber(f[5]) and f[5] or default_ttl
 
   -- lease_owner stays as the owner of the last attempt: the fence also checks
   -- the status, and the next claim overwrites it (one command less per settle).
@@ -143,7 +142,9 @@ local function settle_one(id, fence_attempt, owner, action, text, error_type, de
 
   if action == 'complete' then
     return finish(job_key, id, STATUS_COMPLETED, result_ttl, 'result_json', text)
-  elseif action == 'retry' or action == 'fail' then
+  end
+  local attempt = tonumber(f[2])  -- not on the common path: a conversion costs
+  if action == 'retry' or action == 'fail' then
     record_error(job_key, attempt, error_type, text, traceback)
     if cancel_requested then
       return finish(job_key, id, STATUS_CANCELLED, result_ttl)
@@ -173,9 +174,10 @@ local function settle_one(id, fence_attempt, owner, action, text, error_type, de
 end
 
 local result = {}
-for i = FIRST, #ARGV, FIELDS do
-  local applied, a, b = settle_one(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
-    ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7])
+local argv = ARGV  -- a local: every read of ARGV is a global lookup
+for i = FIRST, #argv, FIELDS do
+  local applied, a, b = settle_one(argv[i], argv[i + 1], argv[i + 2], argv[i + 3],
+    argv[i + 4], argv[i + 5], argv[i + 6], argv[i + 7])
   result[#result + 1] = applied
   result[#result + 1] = a
   result[#result + 1] = b

@@ -70,8 +70,11 @@ for _, id in ipairs(ids) do
   local status = f[1]
   if status == PENDING_TEXT or status == RETRYING_TEXT then
     -- A first attempt's record has no attempt field (0 is not stored).
-    local attempt = (tonumber(f[2]) or 0) + 1
-    local attempt_text = f[2] and num_text(attempt) or '1'
+    local attempt, attempt_text = 1, '1'
+    if f[2] then
+      attempt = (tonumber(f[2]) or 0) + 1
+      attempt_text = num_text(attempt)
+    end
     redis.call('HSET', key, 'status', ACTIVE_TEXT, 'attempt', attempt_text,
       'lease_owner', owner, 'started_at_ms', now_text)
     leased[#leased + 1] = deadline_text
@@ -82,8 +85,8 @@ for _, id in ipairs(ids) do
         redis.call('DEL', pointer)
       end
     end
-    table.insert(result, {id, attempt, f[3], f[4], f[5] or '0', f[6] or '0', f[7] or '0',
-      f[8] or '', f[9] or '', f[11] or f[7] or '0'})
+    result[#result + 1] = {id, attempt, f[3], f[4], f[5] or '0', f[6] or '0', f[7] or '0',
+      f[8] or '', f[9] or '', f[11] or f[7] or '0'}
   end
 end
 batched('ZADD', active_key, leased)
