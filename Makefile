@@ -15,7 +15,7 @@ RRQ_BIN ?= $(CARGO_TARGET_DIR)/release/rrq
 CARGO := cargo
 RUST := cd rust &&
 
-.PHONY: help setup gen gen-check lint fmt build test test-rust test-python test-typescript conformance faults fuzz demo bench bench-compare proto-breaking clean
+.PHONY: help setup gen gen-check lint fmt build test test-rust test-python test-typescript conformance faults fuzz demo bench bench-compare bench-lua proto-breaking clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -100,6 +100,9 @@ bench: setup build ## Throughput, latency percentiles and memory
 
 bench-compare: setup build ## The same workloads through RRQ, BullMQ, SAQ and arq (installed in .rrq/bench-peers), with ratios
 	RRQ_BIN=$(RRQ_BIN) $(PY) tools/bench_compare.py
+
+bench-lua: $(PY) ## Redis instructions per job spent in the Lua scripts, by callgrind (repeatable, unlike timings)
+	$(PY) tools/lua_profile.py
 
 proto-breaking: $(PY) ## Check proto/ for breaking changes against main
 	$(BIN)/buf breaking --against '.git#branch=main'
