@@ -93,7 +93,9 @@ class ProcessLog:
         self._thread.start()
 
     def _pump(self, stream: IO[str]) -> None:
-        with self.path.open("a", encoding="utf-8") as out:
+        # The pipe is closed here, at its end: left to the garbage collector,
+        # it raised ResourceWarning in every test that started a process.
+        with stream, self.path.open("a", encoding="utf-8") as out:
             for line in stream:
                 out.write(line)
                 out.flush()
