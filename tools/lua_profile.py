@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -195,6 +196,15 @@ def main() -> int:
     args = parser.parse_args()
     if args.jobs < 4 * args.batch:
         parser.error("--jobs must be at least 4 batches")
+    missing = [
+        t
+        for t in ("valgrind", "callgrind_control", "callgrind_annotate", "redis-server")
+        if shutil.which(t) is None
+    ]
+    if missing:
+        parser.error(
+            f"needs {', '.join(missing)} on PATH (Debian: apt-get install valgrind redis-server)"
+        )
     print(f"Redis instructions per job (callgrind), scripts from {os.path.relpath(args.lua_dir)}")
     print(f"{'part':24} {'plain enqueue':>14} {'claim+settle':>14}")
     enqueue = profile("enqueue", args.lua_dir, args.jobs, args.batch)
