@@ -30,6 +30,17 @@ from pathlib import Path
 
 import redis
 
+from rrq.store import (
+    active_key,
+    debounce_key_prefix,
+    dlq_key,
+    done_channel_prefix,
+    due_key,
+    job_key,
+    job_key_prefix,
+    wake_channel,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 LUA_DIR = ROOT / "rust" / "rrq-store" / "lua"
 QUEUE = "q"
@@ -55,8 +66,8 @@ def enqueue_argv(jid: str) -> list[object]:
 
 
 def enqueue_call(sha: str, jid: str, more: list[str]) -> list[object]:
-    keys = [f"rrq:{{{QUEUE}}}:job:{jid}", f"rrq:{{{QUEUE}}}:due"]
-    rule = [f"rrq:{{{QUEUE}}}:wake", "", "", 0, 0]
+    keys = [job_key(QUEUE, jid), due_key(QUEUE)]
+    rule = [wake_channel(QUEUE), "", "", 0, 0]
     return [sha, 2, *keys, *enqueue_argv(jid), *rule, *more]
 
 
@@ -76,25 +87,35 @@ def drain(
         ids = [job_id(n) for n in range(start, min(jobs, start + 500))]
         more = [x for jid in ids[1:] for x in (jid, '{"a":1}')]
         r.evalsha(*enqueue_call(shas["enqueue"], ids[0], more))  # type: ignore[arg-type]
-    claim_keys = [f"rrq:{{{QUEUE}}}:{k}" for k in ("due", "active", "job:", "debounce:")]
-    settle_keys = [f"rrq:{{{QUEUE}}}:{k}" for k in ("due", "active", "dlq", "job:")]
-    settle_head = [3_600_000, 604_800_000, f"rrq:{{{QUEUE}}}:wake", f"rrq:{{{QUEUE}}}:done:"]
+    claim_keys = [
+        due_key(QUEUE),
+        active_key(QUEUE),
+        job_key_prefix(QUEUE),
+        debounce_key_prefix(QUEUE),
+    ]
+    settle_keys = [due_key(QUEUE), active_key(QUEUE), dlq_key(QUEUE), job_key_prefix(QUEUE)]
+    settle_head = [3_600_000, 604_800_000, wake_channel(QUEUE), done_channel_prefix(QUEUE)]
 
     def claim() -> list[list[object]]:
         reply = r.evalsha(shas["claim"], 4, *claim_keys, batch, OWNER, 30_000)
         return list(reply[2:])
 
-    in_flight = [claim() for _ in range(3)]
-    measure(True)
-    while in_flight:
-        done = in_flight.pop(0)
+    def settle(jobs: list[list[object]]) -> None:
         args: list[object] = []
-        for job in done:
+        for job in jobs:
             args += [job[0], job[1], OWNER, "complete", '"ok"', "", 0, ""]
         r.evalsha(shas["settle"], 4, *settle_keys, *settle_head, *args)  # type: ignore[arg-type]
-        if claimed := claim():
-            in_flight.append(claimed)
+
+    in_flight = [claim() for _ in range(3)]
+    # Counted: as many batches claimed as settled, jobs - 3 * batch of each
+    # (and one empty claim at the end).
+    measure(True)
+    while claimed := claim():
+        in_flight.append(claimed)
+        settle(in_flight.pop(0))
     measure(False)
+    for jobs_left in in_flight:
+        settle(jobs_left)
 
 
 def inclusive_counts(out: Path) -> dict[str, int]:
