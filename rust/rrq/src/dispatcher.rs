@@ -493,7 +493,7 @@ impl Dispatcher {
         }
         self.settler.submit(settles);
         if freed > 0 {
-            self.wake.all();
+            self.wake.slots_freed();
             self.changed.notify_waiters();
         }
     }

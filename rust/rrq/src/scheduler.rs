@@ -30,6 +30,8 @@ const CLAIM_ERROR_PAUSE: Duration = Duration::from_millis(500);
 #[derive(Debug, Default)]
 struct Dirty {
     all: bool,
+    /// A slot freed: worth a claim only where slots, not due jobs, ran out.
+    capacity: bool,
     queues: HashSet<String>,
 }
 
@@ -51,7 +53,13 @@ impl Wake {
         self.notify.notify_one();
     }
 
-    /// Capacity changed (or a wake-up may have been lost): look at every queue.
+    /// Slots freed: look again at the queues that had more due jobs than slots.
+    pub fn slots_freed(&self) {
+        self.lock().capacity = true;
+        self.notify.notify_one();
+    }
+
+    /// Runners came or went (or a wake-up may have been lost): look at every queue.
     pub fn all(&self) {
         self.lock().all = true;
         self.notify.notify_one();
@@ -147,6 +155,13 @@ impl Scheduler {
         let mut tick = tokio::time::interval(SAFETY_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut everything = true;
+        // Queues whose last look ran out of free slots before it ran out of
+        // due jobs. A freed slot is worth a claim only for these: any other
+        // queue had nothing due, and a job that becomes due announces itself
+        // (wake channel, or the due time the claim script returned). Claiming
+        // every queue on every freed slot doubled the claims of a lightly
+        // loaded orchestrator: one for the job, one empty after its outcome.
+        let mut slot_limited: HashSet<String> = HashSet::new();
         loop {
             if self.stop.is_cancelled() {
                 return;
@@ -157,6 +172,9 @@ impl Scheduler {
                 self.queues.list()
             } else {
                 let mut c: BTreeSet<String> = dirty.queues.into_iter().collect();
+                if dirty.capacity {
+                    c.extend(slot_limited.iter().cloned());
+                }
                 c.extend(
                     next_due
                         .iter()
@@ -185,6 +203,7 @@ impl Scheduler {
                     {
                         next_due.remove(&queue);
                     }
+                    slot_limited.insert(queue);
                     continue;
                 }
                 let claimed_at = Instant::now();
@@ -224,6 +243,9 @@ impl Scheduler {
                         if n == want {
                             // There may be more due jobs than we took.
                             self.wake.queue(&queue);
+                            slot_limited.insert(queue);
+                        } else {
+                            slot_limited.remove(&queue);
                         }
                     }
                     Err(e) => {
@@ -335,6 +357,10 @@ mod tests {
         w.all();
         assert!(w.take().all);
         assert!(!w.take().all);
+        w.slots_freed();
+        let d = w.take();
+        assert!(d.capacity && !d.all && d.queues.is_empty());
+        assert!(!w.take().capacity);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use rrq_proto::v1::{Retry, Success, orchestrator_message, outcome};
-use rrq_store::{Enqueued, JobStatus, QueueKeys, Settle, SettleAction};
+use rrq_store::{Enqueued, JobStatus, QueueKeys, Settle, SettleAction, Store};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_succeeds() {
@@ -56,6 +56,102 @@ async fn job_succeeds() {
     );
     assert_eq!(job_field(&store, "default", "ok-1", "attempt").await, "1");
     runner.heartbeat().await;
+}
+
+/// Claim script calls so far, by the one `ZRANGE` each claim makes (no
+/// other script or command of a running orchestrator outside `--burst` uses it).
+async fn claim_calls(store: &Store) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut store.connection())
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_zrange:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Runs job `id` through `runner` and waits for its done message.
+async fn run_one(redis: &Redis, store: &Store, runner: &mut TestRunner, id: &str) {
+    let mut done = DoneWatch::new(redis, "default", id).await;
+    store.enqueue(&job("default", id, "echo", 0)).await.unwrap();
+    let exec = runner.next_execution().await;
+    assert_eq!(exec.job_id, id);
+    let result_json = exec.params_json.clone();
+    runner
+        .send(
+            &exec.job_id,
+            exec.attempt,
+            outcome::Result::Success(Success { result_json }),
+        )
+        .await;
+    assert_eq!(done.wait().await, JobStatus::Completed as i32);
+}
+
+/// A freed slot is worth a claim only where slots ran out before due jobs
+/// did: jobs run one at a time cost one claim each, not a second, empty
+/// claim after every outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_claim_per_job_when_slots_are_free() {
+    const JOBS: u64 = 30;
+    let redis = Redis::start().await;
+    let store = redis.store().await;
+    let orch = Orchestrator::start(&redis, "").await;
+    let mut runner = TestRunner::connect(&orch.addr, &["echo"]).await;
+    // The session's first claim is behind us once a job has run.
+    run_one(&redis, &store, &mut runner, "warm-up").await;
+
+    let started = std::time::Instant::now();
+    let before = claim_calls(&store).await;
+    for i in 0..JOBS {
+        run_one(&redis, &store, &mut runner, &format!("seq-{i}")).await;
+    }
+    let claims = claim_calls(&store).await - before;
+    // Besides one claim per job: the safety tick claims every queue once a
+    // second, and the read of the counter may race one claim.
+    let allowed = JOBS + started.elapsed().as_secs() + 2;
+    assert!(claims >= JOBS, "{claims} claims for {JOBS} jobs");
+    assert!(
+        claims <= allowed,
+        "{claims} claims for {JOBS} jobs (allowed {allowed})"
+    );
+}
+
+/// The other side of the rule above: a queue with more due jobs than free
+/// slots gets its next job when a slot frees, with no new wake-up message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freed_slot_claims_a_backlogged_queue() {
+    let redis = Redis::start().await;
+    let store = redis.store().await;
+    for i in 0..6 {
+        store
+            .enqueue(&job("default", &format!("b-{i}"), "echo", 0))
+            .await
+            .unwrap();
+    }
+    let orch = Orchestrator::start(&redis, "").await;
+    let mut runner = TestRunner::connect(&orch.addr, &["echo"]).await; // 4 slots
+    let mut running = Vec::new();
+    for _ in 0..4 {
+        running.push(runner.next_execution().await);
+    }
+    for exec in running.iter().take(2) {
+        let result_json = exec.params_json.clone();
+        runner
+            .send(
+                &exec.job_id,
+                exec.attempt,
+                outcome::Result::Success(Success { result_json }),
+            )
+            .await;
+    }
+    let mut ids: Vec<String> = running.iter().map(|e| e.job_id.clone()).collect();
+    ids.push(runner.next_execution().await.job_id);
+    ids.push(runner.next_execution().await.job_id);
+    ids.sort();
+    let want: Vec<String> = (0..6).map(|i| format!("b-{i}")).collect();
+    assert_eq!(ids, want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
