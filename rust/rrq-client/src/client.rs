@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
+use futures::stream::FuturesOrdered;
 use rrq_store::{CancelOutcome, EnqueueRequest, EnqueueRule, Enqueued, QueueKeys, Store};
 use serde_json::Value;
 
@@ -16,6 +17,10 @@ use crate::job::{JobResult, JobStatus};
 const CANCEL_REASON: &str = "cancelled on request";
 /// How many job id -> queue entries the client remembers for its own jobs.
 const QUEUE_CACHE_SIZE: usize = 10_000;
+/// Jobs per `enqueue.lua` call in [`Client::enqueue_many`], as the Python
+/// client's `ENQUEUE_MANY_CHUNK`: a call holds Redis for its whole run (about
+/// 10 µs a job), so chunks keep other clients waiting briefly.
+pub const ENQUEUE_MANY_CHUNK: usize = 500;
 
 /// Options of an enqueue; every field is optional (`Default` gives none).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -208,6 +213,132 @@ impl Client {
         Ok(self.submit(req, explicit).await?.0)
     }
 
+    /// Enqueues one job per entry of `params_list`; returns their ids in order.
+    ///
+    /// `options` are those of [`Client::enqueue`] except `params` (each job's
+    /// params are its entry of `params_list`) and `job_id` (every job gets a
+    /// new ULID), both refused with [`Error::InvalidOption`], and apply to
+    /// every job. Every entry is validated as `enqueue` validates its params
+    /// before anything is written; then the jobs are written by one
+    /// `enqueue.lua` call per [`ENQUEUE_MANY_CHUNK`] jobs, a round trip each.
+    /// Each job is written atomically on its own; the batch as a whole is
+    /// not: an error after the first chunk leaves the chunks before it
+    /// written. An empty list checks the options and writes nothing.
+    pub async fn enqueue_many(
+        &self,
+        function_name: &str,
+        params_list: &[Value],
+        options: EnqueueOptions,
+    ) -> Result<Vec<String>> {
+        if options.params.is_some() {
+            return Err(Error::option(
+                "params",
+                "params is not an option of enqueue_many(): each job's params are its entry of params_list",
+            ));
+        }
+        if options.job_id.is_some() {
+            return Err(Error::option(
+                "job_id",
+                "job_id is not an option of enqueue_many(): every job gets a new id",
+            ));
+        }
+        let Some((first, rest)) = params_list.split_first() else {
+            self.build(function_name, &options)?;
+            return Ok(Vec::new());
+        };
+        // The options are checked once; each entry's params as enqueue() checks them.
+        let mut shared = self.build_with(function_name, &options, Some(first))?;
+        let mut jobs = Vec::with_capacity(params_list.len());
+        jobs.push((
+            std::mem::take(&mut shared.id),
+            std::mem::take(&mut shared.params_json),
+        ));
+        for params in rest {
+            jobs.push((ulid(), self.params_json(Some(params))?));
+        }
+
+        let mut ids = Vec::with_capacity(jobs.len());
+        let mut chunks = jobs.chunks(ENQUEUE_MANY_CHUNK);
+        let mut in_flight = FuturesOrdered::new();
+        // Two chunks in flight: the client packs the next one while Redis runs
+        // the script of the last, and neither waits for the other.
+        let outcome = loop {
+            while in_flight.len() < 2
+                && let Some(chunk) = chunks.next()
+            {
+                let register = !lock(&self.registered_queues).contains(&shared.queue);
+                in_flight.push_back(self.enqueue_chunk(&shared, chunk, register));
+            }
+            let Some(replies) = in_flight.next().await else {
+                break Ok(());
+            };
+            if let Err(e) = replies.and_then(|r| self.collect_chunk(r, &shared.queue, &mut ids)) {
+                break Err(e);
+            }
+        };
+        if let Err(e) = outcome {
+            // Let the chunk still in flight end: a write landing after the
+            // caller saw the error would surprise it.
+            while in_flight.next().await.is_some() {}
+            return Err(e);
+        }
+        Ok(ids)
+    }
+
+    /// Writes one chunk of `enqueue_many`: its first job carries the shared
+    /// options, the others come as (id, params_json) pairs.
+    async fn enqueue_chunk(
+        &self,
+        shared: &EnqueueRequest,
+        chunk: &[(String, String)],
+        register: bool,
+    ) -> Result<Vec<Enqueued>> {
+        let Some(((id, params_json), more)) = chunk.split_first() else {
+            return Ok(Vec::new());
+        };
+        let first = EnqueueRequest {
+            id: id.clone(),
+            params_json: params_json.clone(),
+            ..shared.clone()
+        };
+        let replies = self.store.enqueue_many(&first, more, register).await?;
+        // The pipeline ran, so its SADD did too (as in submit()).
+        lock(&self.registered_queues).insert(first.queue);
+        Ok(replies)
+    }
+
+    /// Takes the ids of one chunk's replies, in order.
+    fn collect_chunk(
+        &self,
+        replies: Vec<Enqueued>,
+        queue: &str,
+        ids: &mut Vec<String>,
+    ) -> Result<()> {
+        for reply in replies {
+            match reply {
+                Enqueued::Created { id, .. } => {
+                    self.remember(&id, queue);
+                    ids.push(id);
+                }
+                // A ULID collision: not expected, but never a silent loss.
+                Enqueued::Exists { id, status } => {
+                    return Err(Error::DuplicateJob {
+                        job_id: id,
+                        status: JobStatus::from_number(status),
+                        queue_name: queue.to_owned(),
+                    });
+                }
+                other => {
+                    return Err(Error::Store(rrq_store::Error::Protocol {
+                        script: "enqueue",
+                        detail: format!("{other:?} for a job without a rule"),
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Enqueues a job unless `unique_key` is held (per queue); returns the
     /// holder's id. The key is held for `unique_ttl` (default
     /// `default_unique_job_lock_ttl_seconds`), whatever happens to the job.
@@ -290,26 +421,19 @@ impl Client {
 
     /// Validates everything before anything is written, in the Python client's order.
     fn build(&self, function_name: &str, o: &EnqueueOptions) -> Result<EnqueueRequest> {
+        self.build_with(function_name, o, o.params.as_ref())
+    }
+
+    /// [`Client::build`] with these params instead of `o.params`.
+    fn build_with(
+        &self,
+        function_name: &str,
+        o: &EnqueueOptions,
+        params: Option<&Value>,
+    ) -> Result<EnqueueRequest> {
         let function_name = nonempty("function_name", function_name)?;
-        let params = match &o.params {
-            None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
-            Some(v @ Value::Object(_)) => v.clone(),
-            Some(other) => {
-                return Err(Error::InvalidParams(format!(
-                    "params must be a JSON object, got {}",
-                    json_type(other)
-                )));
-            }
-        };
-        let params_json = serde_json::to_string(&params)
-            .map_err(|e| Error::InvalidParams(format!("params are not JSON-serializable: {e}")))?;
+        let params_json = self.params_json(params)?;
         let limit = self.config.max_payload_bytes;
-        if params_json.len() > limit {
-            return Err(Error::PayloadTooLarge(format!(
-                "params are {} bytes of JSON, the limit (max_payload_bytes) is {limit}",
-                params_json.len()
-            )));
-        }
         let queue = nonempty(
             "queue_name",
             o.queue_name
@@ -374,6 +498,30 @@ impl Client {
             max_params_bytes: i64::try_from(limit).unwrap_or(i64::MAX),
             rule: None,
         })
+    }
+
+    /// A job's params as the JSON text stored, checked against the payload limit.
+    fn params_json(&self, params: Option<&Value>) -> Result<String> {
+        let params_json = match params {
+            None | Some(Value::Null) => "{}".to_owned(),
+            Some(v @ Value::Object(_)) => serde_json::to_string(v).map_err(|e| {
+                Error::InvalidParams(format!("params are not JSON-serializable: {e}"))
+            })?,
+            Some(other) => {
+                return Err(Error::InvalidParams(format!(
+                    "params must be a JSON object, got {}",
+                    json_type(other)
+                )));
+            }
+        };
+        let limit = self.config.max_payload_bytes;
+        if params_json.len() > limit {
+            return Err(Error::PayloadTooLarge(format!(
+                "params are {} bytes of JSON, the limit (max_payload_bytes) is {limit}",
+                params_json.len()
+            )));
+        }
+        Ok(params_json)
     }
 
     /// Runs enqueue.lua for a validated request; returns (job id, rate limited).

@@ -1,7 +1,8 @@
 //! The Rust producer of RRQ: enqueue jobs, read their status, wait for their
 //! result, cancel them. Same contract as the Python `RRQClient`: every option
 //! is validated before anything is written, ids are ULIDs, and each enqueue
-//! is one pipeline (`SADD rrq:queues` + `EVALSHA enqueue.lua`).
+//! is one pipeline (`SADD rrq:queues` + `EVALSHA enqueue.lua`);
+//! [`Client::enqueue_many`] writes [`ENQUEUE_MANY_CHUNK`] jobs per pipeline.
 //!
 //! Layout:
 //! - [`client`]: [`Client`] and the enqueue options ([`EnqueueOptions`],
@@ -27,7 +28,7 @@ pub mod config;
 pub mod error;
 pub mod job;
 
-pub use client::{Client, Debounce, EnqueueOptions, RateLimit, ulid};
+pub use client::{Client, Debounce, ENQUEUE_MANY_CHUNK, EnqueueOptions, RateLimit, ulid};
 pub use config::ClientConfig;
 pub use error::{Error, Result};
 pub use job::{AttemptError, JobResult, JobStatus};

@@ -1,13 +1,16 @@
 //! The producer client against a private redis-server: validation writes
-//! nothing, the enqueue rules, waiting, cancelling. Waits are on events
+//! nothing, the enqueue rules, enqueue_many, waiting, cancelling. Waits are on events
 //! (pub/sub, a subscriber count) with deadlines; no sleeps as synchronisation.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime};
 
-use rrq_client::{Client, ClientConfig, Debounce, EnqueueOptions, Error, JobStatus, RateLimit};
-use rrq_store::{QueueKeys, Settle, SettleAction};
+use rrq_client::{
+    Client, ClientConfig, Debounce, ENQUEUE_MANY_CHUNK, EnqueueOptions, Error, JobStatus, RateLimit,
+};
+use rrq_store::{EnqueueRequest, EnqueueRule, Enqueued, QueueKeys, Settle, SettleAction};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -24,13 +27,29 @@ impl Redis {
         self.0.dsn()
     }
 
-    async fn dbsize(&self) -> i64 {
-        let mut c = redis::Client::open(self.dsn())
-            .unwrap()
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        self.0
+            .client()
             .get_multiplexed_async_connection()
             .await
-            .unwrap();
-        redis::cmd("DBSIZE").query_async(&mut c).await.unwrap()
+            .unwrap()
+    }
+
+    async fn dbsize(&self) -> i64 {
+        redis::cmd("DBSIZE")
+            .query_async(&mut self.conn().await)
+            .await
+            .unwrap()
+    }
+
+    /// Every record of `ids` in `queue`, in one round trip.
+    async fn jobs(&self, queue: &str, ids: &[String]) -> Vec<BTreeMap<String, String>> {
+        let keys = QueueKeys::new(queue);
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HGETALL").arg(keys.job(id));
+        }
+        pipe.query_async(&mut self.conn().await).await.unwrap()
     }
 }
 
@@ -246,6 +265,223 @@ async fn unique_rate_limit_and_debounce_rules() {
     assert_eq!(fields["params_json"], r#"{"n":2}"#);
     // unique job, rate-limited job, debounced job, their 3 rule keys, due, rrq:queues.
     assert_eq!(redis.dbsize().await, 8);
+}
+
+/// A record without what differs from job to job: its params and its times.
+fn shape(mut fields: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    for name in ["params_json", "enqueued_at_ms", "run_at_ms"] {
+        fields.remove(name);
+    }
+    fields
+}
+
+#[tokio::test]
+async fn enqueue_many_writes_records_like_enqueue_in_chunks() {
+    let redis = Redis::start().await;
+    let c = client(&redis).await;
+    let count = 2 * ENQUEUE_MANY_CHUNK + 200; // three chunks, the last one partial
+    let params: Vec<_> = (0..count).map(|i| json!({"n": i})).collect();
+    let options = || {
+        EnqueueOptions::default()
+            .queue_name("bulk")
+            .max_retries(1)
+            .job_timeout(Duration::from_secs(30))
+            .result_ttl(Duration::from_secs(90))
+            .defer_by(Duration::from_secs(60))
+            .trace_context(
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "k=v",
+            )
+    };
+
+    let ids = c.enqueue_many("work", &params, options()).await.unwrap();
+
+    assert_eq!(ids.len(), count);
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), count);
+    assert!(ids.iter().all(|id| id.len() == 26)); // ULIDs
+    // Every job, the due set and rrq:queues.
+    assert_eq!(redis.dbsize().await, i64::try_from(count).unwrap() + 2);
+    assert_eq!(c.store().queues().await.unwrap(), vec!["bulk".to_owned()]);
+
+    let single = c.enqueue("work", options()).await.unwrap();
+    let single = c.store().job("bulk", &single).await.unwrap().unwrap();
+    let records = redis.jobs("bulk", &ids).await;
+    for (i, record) in records.into_iter().enumerate() {
+        // Ids come back in params order.
+        assert_eq!(record["params_json"], format!(r#"{{"n":{i}}}"#));
+        let deferred = |r: &BTreeMap<String, String>| {
+            r["run_at_ms"].parse::<i64>().unwrap() - r["enqueued_at_ms"].parse::<i64>().unwrap()
+        };
+        assert_eq!(deferred(&record), deferred(&single));
+        assert_eq!(shape(record), shape(single.clone()), "job {i}");
+    }
+    let last = c.get_job_status(&ids[count - 1]).await.unwrap().unwrap();
+    assert_eq!(last.status, JobStatus::Pending);
+}
+
+#[tokio::test]
+async fn enqueue_many_validates_everything_before_writing() {
+    let redis = Redis::start().await;
+    let c = client(&redis).await;
+    let o = EnqueueOptions::default;
+    // Something to leave unchanged; this also registers the queue.
+    c.enqueue_many("f", &[json!({}), json!(null)], o())
+        .await
+        .unwrap();
+    let before = redis.dbsize().await;
+
+    let with_bad_entry = |bad| {
+        let mut list: Vec<_> = (0..2 * ENQUEUE_MANY_CHUNK)
+            .map(|i| json!({"n": i}))
+            .collect();
+        list[ENQUEUE_MANY_CHUNK + 1] = bad; // in the second chunk: the first is good
+        list
+    };
+    assert!(matches!(
+        c.enqueue_many("f", &with_bad_entry(json!([1])), o()).await,
+        Err(Error::InvalidParams(_))
+    ));
+    assert!(matches!(
+        c.enqueue_many("f", &with_bad_entry(json!("text")), o())
+            .await,
+        Err(Error::InvalidParams(_))
+    ));
+    assert!(matches!(
+        c.enqueue_many("f", &with_bad_entry(json!({"x": "y".repeat(200)})), o())
+            .await,
+        Err(Error::PayloadTooLarge(_))
+    ));
+    assert_eq!(redis.dbsize().await, before);
+
+    let one = [json!({"ok": 1})];
+    let many = |options| c.enqueue_many("f", &one, options);
+    assert_eq!(
+        option_of(many(o().params(json!({}))).await.unwrap_err()),
+        "params"
+    );
+    assert_eq!(
+        option_of(many(o().job_id("fixed")).await.unwrap_err()),
+        "job_id"
+    );
+    assert_eq!(
+        option_of(many(o().max_retries(-1)).await.unwrap_err()),
+        "max_retries"
+    );
+    assert_eq!(
+        option_of(many(o().queue_name("a{b}")).await.unwrap_err()),
+        "queue_name"
+    );
+    assert_eq!(
+        option_of(c.enqueue_many("", &[json!({})], o()).await.unwrap_err()),
+        "function_name"
+    );
+    // An empty list still has its options checked.
+    assert!(c.enqueue_many("f", &[], o()).await.unwrap().is_empty());
+    assert_eq!(
+        option_of(
+            c.enqueue_many("f", &[], o().max_retries(-1))
+                .await
+                .unwrap_err()
+        ),
+        "max_retries"
+    );
+    assert_eq!(
+        option_of(c.enqueue_many("f", &[], o().job_id("x")).await.unwrap_err()),
+        "job_id"
+    );
+    assert_eq!(redis.dbsize().await, before);
+}
+
+#[tokio::test]
+async fn enqueue_many_reloads_a_flushed_script() {
+    let redis = Redis::start().await;
+    let c = client(&redis).await;
+    c.enqueue_many("f", &[json!({})], EnqueueOptions::default())
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    // Two chunks, so both calls in flight meet NOSCRIPT.
+    let params = vec![json!({}); ENQUEUE_MANY_CHUNK + 1];
+    let ids = c
+        .enqueue_many("f", &params, EnqueueOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), params.len());
+    let due: usize = redis::cmd("ZCARD")
+        .arg(QueueKeys::new("default").due())
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(due, params.len() + 1);
+}
+
+#[tokio::test]
+async fn store_enqueue_many_reports_existing_ids_and_refuses_rules() {
+    let redis = Redis::start().await;
+    let c = client(&redis).await;
+    c.enqueue("f", EnqueueOptions::default().job_id("taken"))
+        .await
+        .unwrap();
+    let first = EnqueueRequest {
+        id: "a".into(),
+        function_name: "f".into(),
+        queue: "default".into(),
+        params_json: "{}".into(),
+        max_params_bytes: 100,
+        ..EnqueueRequest::default()
+    };
+    let more = [
+        ("taken".to_owned(), r#"{"new":1}"#.to_owned()),
+        ("b".to_owned(), "{}".to_owned()),
+    ];
+    let replies = c.store().enqueue_many(&first, &more, false).await.unwrap();
+    let Enqueued::Created { run_at_ms, .. } = replies[0] else {
+        panic!("expected Created, got {replies:?}");
+    };
+    assert_eq!(
+        replies[1..],
+        [
+            Enqueued::Exists {
+                id: "taken".into(),
+                status: rrq_store::JobStatus::Pending as i32,
+            },
+            Enqueued::Created {
+                id: "b".into(),
+                run_at_ms,
+            },
+        ]
+    );
+    let taken = c.store().job("default", "taken").await.unwrap().unwrap();
+    assert_eq!(taken["params_json"], "{}"); // the existing job is left as it was
+
+    // A lone job answers in the same shape.
+    let again = c.store().enqueue_many(&first, &[], false).await.unwrap();
+    assert_eq!(
+        again,
+        [Enqueued::Exists {
+            id: "a".into(),
+            status: rrq_store::JobStatus::Pending as i32,
+        }]
+    );
+
+    let before = redis.dbsize().await;
+    let ruled = EnqueueRequest {
+        id: "c".into(),
+        rule: Some(EnqueueRule::Unique {
+            key: "u".into(),
+            ttl_ms: 1000,
+        }),
+        ..first
+    };
+    assert!(matches!(
+        c.store().enqueue_many(&ruled, &[], false).await,
+        Err(rrq_store::Error::InvalidArgument(_))
+    ));
+    assert_eq!(redis.dbsize().await, before);
 }
 
 /// Waits until `channel` has a subscriber (condition wait with a deadline).

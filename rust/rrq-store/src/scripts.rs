@@ -343,15 +343,67 @@ impl Store {
         req: &EnqueueRequest,
         register_queue: bool,
     ) -> Result<Enqueued> {
-        let mut conn = self.conn.clone();
         let inv = enqueue_invocation(req);
+        parse_enqueued(self.run_enqueue(&inv, &req.queue, register_queue).await?)
+    }
+
+    /// Producers' batch enqueue: `first` and the `more` jobs, pairs of
+    /// (job id, params_json) that share every other field of `first`, in one
+    /// `enqueue.lua` call (its batch form), preceded by `SADD rrq:queues
+    /// <queue>` in the same pipeline when `register_queue`; one round trip,
+    /// and the script is loaded again when Redis answers `NOSCRIPT`.
+    ///
+    /// One answer per job, in order (`first` first): [`Enqueued::Created`],
+    /// or [`Enqueued::Exists`] when a job already had that id (nothing
+    /// written for it). Each job is written atomically on its own; the batch
+    /// as a whole is not. `first` must carry no rule ([`Error::InvalidArgument`],
+    /// nothing sent): the script applies a rule to a lone job only.
+    pub async fn enqueue_many(
+        &self,
+        first: &EnqueueRequest,
+        more: &[(String, String)],
+        register_queue: bool,
+    ) -> Result<Vec<Enqueued>> {
+        if first.rule.is_some() {
+            return Err(Error::InvalidArgument(
+                "enqueue_many takes plain jobs: a job with a rule is enqueued alone".to_owned(),
+            ));
+        }
+        let mut inv = enqueue_invocation(first);
+        if more.is_empty() {
+            // Without pairs the script answers in its single-job form.
+            let reply = self.run_enqueue(&inv, &first.queue, register_queue).await?;
+            return match parse_enqueued(reply)? {
+                e @ (Enqueued::Created { .. } | Enqueued::Exists { .. }) => Ok(vec![e]),
+                other => Err(protocol(
+                    "enqueue",
+                    format!("{other:?} for a job without a rule"),
+                )),
+            };
+        }
+        for (id, params_json) in more {
+            inv.arg(id).arg(params_json);
+        }
+        let reply = self.run_enqueue(&inv, &first.queue, register_queue).await?;
+        parse_enqueued_many(&first.id, more, reply)
+    }
+
+    /// Runs an `enqueue.lua` invocation after `SADD rrq:queues <queue>` (when
+    /// `register_queue`) in one pipeline; the script's raw reply.
+    async fn run_enqueue(
+        &self,
+        inv: &redis::ScriptInvocation<'static>,
+        queue: &str,
+        register_queue: bool,
+    ) -> Result<Value> {
+        let mut conn = self.conn.clone();
         for round in 0..2 {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             if register_queue {
-                pipe.cmd("SADD").arg(keys::QUEUES).arg(&req.queue);
+                pipe.cmd("SADD").arg(keys::QUEUES).arg(queue);
             }
-            pipe.invoke_script(&inv);
+            pipe.invoke_script(inv);
             let mut replies: Vec<RedisResult<Value>> = pipe.query_async(&mut conn).await?;
             let Some(reply) = replies.pop() else {
                 return Err(protocol("enqueue", "empty pipeline reply"));
@@ -363,7 +415,7 @@ impl Store {
             for r in replies {
                 r?;
             }
-            return parse_enqueued(reply.map_err(Error::from_redis)?);
+            return reply.map_err(Error::from_redis);
         }
         Err(protocol("enqueue", "NOSCRIPT after loading the script"))
     }
@@ -740,6 +792,38 @@ pub fn parse_enqueued(reply: Value) -> Result<Enqueued> {
         },
         other => return Err(protocol("enqueue", format!("unknown flag {other}"))),
     })
+}
+
+/// Decodes the batch form of an `enqueue.lua` reply, `{run_at_ms, s1, s2, ...}`,
+/// for the jobs `first` and `more`: the script answers with integers only, so
+/// the ids come from the call.
+fn parse_enqueued_many(
+    first: &str,
+    more: &[(String, String)],
+    reply: Value,
+) -> Result<Vec<Enqueued>> {
+    const S: &str = "enqueue";
+    let mut items = array(S, reply)?.into_iter();
+    let Some(run_at) = items.next() else {
+        return Err(protocol(S, "empty reply"));
+    };
+    if items.len() != more.len() + 1 {
+        return Err(protocol(
+            S,
+            format!("{} statuses for {} jobs", items.len(), more.len() + 1),
+        ));
+    }
+    let run_at_ms = int(S, run_at)?;
+    let ids = std::iter::once(first).chain(more.iter().map(|(id, _)| id.as_str()));
+    ids.zip(items)
+        .map(|(id, s)| {
+            let id = id.to_owned();
+            Ok(match status(S, s)? {
+                0 => Enqueued::Created { id, run_at_ms },
+                status => Enqueued::Exists { id, status },
+            })
+        })
+        .collect()
 }
 
 /// Most settles in one `settle.lua` call: a call holds Redis for its whole
@@ -1120,6 +1204,48 @@ mod tests {
         assert_eq!(r.cancel_requested, vec!["b".to_owned(), "c".to_owned()]);
         let empty = Value::Array(vec![Value::Array(vec![]), Value::Array(vec![])]);
         assert_eq!(parse_renewed(empty).unwrap(), Renewed::default());
+    }
+
+    #[test]
+    fn parses_a_batch_enqueue_reply() {
+        let more = vec![
+            ("b".to_owned(), "{}".to_owned()),
+            ("c".to_owned(), "{}".to_owned()),
+        ];
+        let reply = Value::Array(vec![
+            Value::Int(5000),
+            Value::Int(0),
+            Value::Int(3),
+            Value::Int(0),
+        ]);
+        assert_eq!(
+            parse_enqueued_many("a", &more, reply).unwrap(),
+            vec![
+                Enqueued::Created {
+                    id: "a".into(),
+                    run_at_ms: 5000
+                },
+                Enqueued::Exists {
+                    id: "b".into(),
+                    status: 3
+                },
+                Enqueued::Created {
+                    id: "c".into(),
+                    run_at_ms: 5000
+                },
+            ]
+        );
+        // A status per job or the reply is not understood.
+        for short in [
+            Value::Array(vec![Value::Int(5000), Value::Int(0), Value::Int(0)]),
+            Value::Array(vec![]),
+            Value::Int(1),
+        ] {
+            assert!(matches!(
+                parse_enqueued_many("a", &more, short),
+                Err(Error::Protocol { .. })
+            ));
+        }
     }
 
     #[test]
