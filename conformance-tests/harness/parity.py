@@ -8,7 +8,8 @@ in that Redis is read into a normalized snapshot, and the snapshot is compared
 with the first language's (the reference, Python when selected), key by key and
 field by field:
 
-* job ids the producers generated (debounce) become ``<generated-N>``;
+* job ids the producers generated (debounce, ``enqueue_many``) become
+  ``<generated-N>``;
 * ``enqueued_at_ms`` becomes the name of the call that enqueued the job;
 * ``run_at_ms`` becomes ``enqueued+<ms>``, or ``last debounce call+<ms>`` for a
   debounced job (checked against the Redis times around that call), or stays
@@ -128,6 +129,17 @@ def check_output(call: Call, output: Any, run: Run) -> None:  # noqa: ANN401
             f"{call.name}: expected job_id {expect.get('job_id')!r}, got error {output['error']}"
         )
         return
+    if "job_ids" in expect:
+        got_ids = output.get("job_ids")
+        count = expect["job_ids"]
+        if (
+            not isinstance(got_ids, list)
+            or len(got_ids) != count
+            or len(set(got_ids)) != count
+            or not all(isinstance(i, str) and i for i in got_ids)
+        ):
+            run.problems.append(f"{call.name}: expected {count} distinct job ids, got {got_ids!r}")
+        return
     wanted, got = expect.get("job_id"), output.get("job_id", "<absent>")
     if wanted == "*":
         if not isinstance(got, str) or not got:
@@ -136,18 +148,26 @@ def check_output(call: Call, output: Any, run: Run) -> None:  # noqa: ANN401
         run.problems.append(f"{call.name}: job_id = {got!r}, expected {wanted!r}")
 
 
-def snapshot(client: redis.Redis, calls: list[Call], run: Run) -> dict[str, Any]:
-    """Every key of the Redis, normalized (see the module docstring)."""
+def generated_ids(calls: list[Call], run: Run) -> dict[str, str]:
+    """Placeholders for the job ids the producers generated, in call order."""
     explicit = {str(c.request.get("options", {}).get("job_id")) for c in calls}
     generated: dict[str, str] = {}
     for call in calls:
-        job_id = (
-            run.outputs.get(call.name, {}).get("job_id")
-            if isinstance(run.outputs.get(call.name), dict)
-            else None
-        )
-        if isinstance(job_id, str) and job_id not in explicit and job_id not in generated:
-            generated[job_id] = f"<generated-{len(generated) + 1}>"
+        output = run.outputs.get(call.name)
+        if not isinstance(output, dict):
+            continue
+        # enqueue_many's ids are in params order, so the placeholders match
+        # between languages job for job.
+        many = output.get("job_ids")
+        for job_id in [output.get("job_id"), *(many if isinstance(many, list) else [])]:
+            if isinstance(job_id, str) and job_id not in explicit and job_id not in generated:
+                generated[job_id] = f"<generated-{len(generated) + 1}>"
+    return generated
+
+
+def snapshot(client: redis.Redis, calls: list[Call], run: Run) -> dict[str, Any]:
+    """Every key of the Redis, normalized (see the module docstring)."""
+    generated = generated_ids(calls, run)
 
     def ids(text: str) -> str:
         for real, placeholder in generated.items():

@@ -1,6 +1,5 @@
 /** The producer client: enqueue jobs, read their status, wait for their result. */
 import { randomBytes } from "node:crypto";
-import type { Redis } from "ioredis";
 
 import { type ClientConfig, type ClientConfigInput, loadConfig } from "./config.js";
 import {
@@ -23,6 +22,7 @@ import {
   redisFromDsn,
   Store,
 } from "./store.js";
+import type { ChannelSubscription } from "./waiting.js";
 import { jobResultFromHash, jobStatusFromNumber } from "./wire.js";
 
 /** Options of every enqueue method. */
@@ -42,6 +42,9 @@ export interface EnqueueOptions {
   /** W3C tracestate that goes with traceParent. */
   readonly traceState?: string | undefined;
 }
+
+/** Options of `enqueueMany`: those of `enqueue` but `params` and `jobId`, shared by every job. */
+export type EnqueueManyOptions = Omit<EnqueueOptions, "params" | "jobId">;
 
 export interface UniqueOptions extends EnqueueOptions {
   /** How long the unique key holds (default `default_unique_job_lock_ttl_seconds`). */
@@ -113,6 +116,13 @@ const OPTIONS_OF_RULE: Readonly<Record<Rule, ReadonlySet<string>>> = {
   debounce: new Set([...[...ENQUEUE_OPTIONS].filter((o) => o !== "jobId"), ...DEBOUNCE_OPTIONS]),
 };
 
+/**
+ * Jobs per enqueue.lua call in enqueueMany(), as in the Python client: a call
+ * holds Redis for its whole run (about 10 µs a job), so chunks keep other
+ * clients waiting briefly.
+ */
+export const ENQUEUE_MANY_CHUNK = 500;
+
 const CANCEL_REASON = "cancelled on request";
 // How many job id -> queue entries the client remembers for its own jobs.
 const QUEUE_CACHE_SIZE = 10_000;
@@ -126,19 +136,37 @@ const CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
  * job (docs/redis-schema.md), and that is most of a backlog's memory.
  */
 export function ulid(): string {
+  return ulidStamp() + ulidRandom(randomBytes(10));
+}
+
+/** Makes `count` new ULIDs from one read of the random source (enqueueMany). */
+function ulidMaker(count: number): () => string {
+  const stamp = ulidStamp();
+  const random = randomBytes(10 * count);
+  let offset = 0;
+  return () => stamp + ulidRandom(random.subarray(offset, (offset += 10)));
+}
+
+/** The current Unix ms as a ULID's first 10 characters. */
+function ulidStamp(): string {
   let stamp = "";
   for (let ms = Date.now(), i = 0; i < 10; i++, ms = Math.floor(ms / 32)) {
     stamp = CROCKFORD.charAt(ms % 32) + stamp;
   }
+  return stamp;
+}
+
+/** 10 random bytes as a ULID's last 16 characters. */
+function ulidRandom(bytes: Uint8Array): string {
   let random = "";
   let pending = 0;
   let bits = 0;
-  for (const byte of randomBytes(10)) {
+  for (const byte of bytes) {
     pending = ((pending << 8) | byte) & 0xfff; // at most 12 bits are ever waiting
     bits += 8;
     for (; bits >= 5; bits -= 5) random += CROCKFORD.charAt((pending >> (bits - 5)) & 31);
   }
-  return stamp + random;
+  return random;
 }
 
 function show(value: unknown): string {
@@ -204,12 +232,18 @@ function optionalString(name: string, value: unknown): string {
 
 type Options = Readonly<Record<string, unknown>>;
 
-/** Rejects unknown options, and rule options given to the wrong method. */
-function checkOptionNames(rule: Rule, options: unknown): Options {
-  const method = METHOD_OF_RULE[rule];
+/** The options argument, which must be a plain object (the same rule for every method). */
+function optionsObject(options: unknown): Options {
   if (typeof options !== "object" || options === null || Array.isArray(options)) {
     throw new InvalidOptionError(`options must be an object, got ${show(options)}`, "options");
   }
+  return options as Options;
+}
+
+/** Rejects unknown options, and rule options given to the wrong method. */
+function checkOptionNames(rule: Rule, rawOptions: unknown): Options {
+  const method = METHOD_OF_RULE[rule];
+  const options = optionsObject(rawOptions);
   const names = Object.keys(options).sort();
   const allowed = OPTIONS_OF_RULE[rule];
   const foreign = names.filter((key) => RULE_OF_OPTION.has(key) && !allowed.has(key));
@@ -234,18 +268,22 @@ function checkOptionNames(rule: Rule, options: unknown): Options {
       unknown[0],
     );
   }
-  return options as Options;
+  return options;
 }
 
 const isSet = (value: unknown): boolean => value !== undefined && value !== null;
 
-/** A promise with its resolve function (Promise.withResolvers needs Node 22). */
-function deferred(): { promise: Promise<void>; resolve: () => void } {
+/** A promise with its resolve and reject functions (Promise.withResolvers needs Node 22). */
+function deferred(): { promise: Promise<void>; resolve: () => void; reject: (error: Error) => void } {
   let resolve: () => void = () => undefined;
-  const promise = new Promise<void>((r) => {
-    resolve = r;
+  let reject: (error: Error) => void = () => undefined;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
   });
-  return { promise, resolve };
+  // It may reject while nothing awaits it; whoever awaits it later still sees the error.
+  promise.catch(() => undefined);
+  return { promise, resolve, reject };
 }
 
 /**
@@ -258,7 +296,6 @@ function deferred(): { promise: Promise<void>; resolve: () => void } {
  */
 export class RRQClient {
   readonly config: ClientConfig;
-  #redis: Redis | null = null;
   #store: Store | null = null;
   readonly #registeredQueues = new Set<string>();
   readonly #jobQueues = new Map<string, string>();
@@ -270,38 +307,27 @@ export class RRQClient {
 
   /** The Redis store (connects lazily). */
   get store(): Store {
-    if (this.#store === null) {
-      this.#redis = redisFromDsn(this.config.redisDsn);
-      this.#store = new Store(this.#redis);
-    }
+    this.#store ??= new Store(redisFromDsn(this.config.redisDsn));
     return this.#store;
   }
 
-  /** Closes the Redis connection; the client reconnects if used again. */
+  /**
+   * Closes the Redis connections, also the one `waitForResult` shares (waits
+   * still waiting reject); the client reconnects if used again.
+   */
   async close(): Promise<void> {
-    const redis = this.#redis;
-    this.#redis = null;
+    const store = this.#store;
     this.#store = null;
     this.#registeredQueues.clear();
-    if (redis !== null) {
-      try {
-        await redis.quit();
-      } catch {
-        redis.disconnect();
-      }
-    }
+    await store?.close();
   }
 
   // --- enqueue ----------------------------------------------------------------
 
-  /** Validates everything before anything is written. */
-  #buildArgs(rule: Rule, functionName: unknown, rawOptions: unknown): [EnqueueArgs, Options] {
-    const options = checkOptionNames(rule, rawOptions ?? {});
-    const fn = nonEmptyString("functionName", functionName);
-
-    let params = options["params"];
-    if (params === undefined || params === null) params = {};
-    if (typeof params !== "object" || params === null || Array.isArray(params)) {
+  /** A job's params as the JSON text stored, checked against the payload limit. */
+  #paramsJson(raw: unknown): string {
+    const params = raw ?? {};
+    if (typeof params !== "object" || Array.isArray(params)) {
       throw new InvalidParamsError(`params must be an object, got ${Array.isArray(params) ? "an array" : show(params)}`);
     }
     let paramsJson: string;
@@ -322,6 +348,15 @@ export class RRQClient {
         limit,
       );
     }
+    return paramsJson;
+  }
+
+  /** Validates everything before anything is written. */
+  #buildArgs(rule: Rule, functionName: unknown, rawOptions: unknown): [EnqueueArgs, Options] {
+    const options = checkOptionNames(rule, rawOptions ?? {});
+    const fn = nonEmptyString("functionName", functionName);
+    const paramsJson = this.#paramsJson(options["params"]);
+    const limit = this.config.maxPayloadBytes;
 
     const rawQueue = options["queueName"];
     const queue = nonEmptyString("queueName", isSet(rawQueue) ? rawQueue : this.config.defaultQueueName);
@@ -406,6 +441,83 @@ export class RRQClient {
     const [args, opts] = this.#buildArgs("", functionName, options);
     const reply = await this.#submit(args, isSet(opts["jobId"]));
     return reply.jobId;
+  }
+
+  /**
+   * Enqueues one job per entry of `paramsList`; returns their ids in order.
+   *
+   * `options` are those of `enqueue` except `params` (each job's params are
+   * its entry of `paramsList`) and `jobId` (every job gets a new ULID), and
+   * apply to every job. Every entry is validated as `enqueue` validates its
+   * params before anything is written; then the jobs are written by one
+   * enqueue.lua call per `ENQUEUE_MANY_CHUNK` jobs, so a batch costs Redis one
+   * script call and the client one round trip per chunk. Each job is written
+   * atomically on its own; the batch as a whole is not atomic.
+   */
+  async enqueueMany(
+    functionName: string,
+    paramsList: readonly EnqueueOptions["params"][],
+    options: EnqueueManyOptions = {},
+  ): Promise<string[]> {
+    const opts = optionsObject(options ?? {});
+    for (const name of ["params", "jobId"]) {
+      if (Object.hasOwn(opts, name)) {
+        const why = name === "params" ? "each job's params are its entry of paramsList" : "every job gets a new id";
+        throw new InvalidOptionError(`${name} is not an option of enqueueMany(): ${why}`, name);
+      }
+    }
+    if (!Array.isArray(paramsList)) {
+      throw new InvalidParamsError(`paramsList must be an array of objects, got ${show(paramsList)}`);
+    }
+    if (paramsList.length === 0) {
+      this.#buildArgs("", functionName, opts); // the options are still checked
+      return [];
+    }
+    // The options are checked once; each entry's params as enqueue() checks them.
+    const [shared] = this.#buildArgs("", functionName, { ...opts, params: paramsList[0] });
+    const newId = ulidMaker(paramsList.length - 1);
+    const jobs: (readonly [jobId: string, paramsJson: string])[] = [
+      [shared.jobId, shared.paramsJson],
+      ...paramsList.slice(1).map((params) => [newId(), this.#paramsJson(params)] as const),
+    ];
+    const queue = shared.queueName;
+    const store = this.store;
+
+    const send = (start: number): Promise<EnqueueReply[]> => {
+      const chunk = jobs.slice(start, start + ENQUEUE_MANY_CHUNK);
+      const sending = store.enqueueMany(shared, chunk, !this.#registeredQueues.has(queue));
+      // It may fail while the chunk before it is awaited; its error is read in turn.
+      sending.catch(() => undefined);
+      return sending;
+    };
+    const ids: string[] = [];
+    const collect = (replies: readonly EnqueueReply[]): void => {
+      for (const reply of replies) {
+        if (reply.code === ENQUEUE_EXISTS) {
+          // A ULID collision: not expected.
+          throw new DuplicateJobError(reply.jobId, jobStatusFromNumber(reply.value), queue);
+        }
+        this.#remember(reply.jobId, queue);
+        ids.push(reply.jobId);
+      }
+      this.#registeredQueues.add(queue);
+    };
+
+    // Two chunks in flight: the client packs the next one while Redis runs
+    // the script of the last, and neither waits for the other.
+    const sent: Promise<EnqueueReply[]>[] = [];
+    try {
+      for (let start = 0; start < jobs.length; start += ENQUEUE_MANY_CHUNK) {
+        sent.push(send(start));
+        const oldest = sent.length === 2 ? sent.shift() : undefined;
+        if (oldest !== undefined) collect(await oldest);
+      }
+      for (let oldest = sent.shift(); oldest !== undefined; oldest = sent.shift()) collect(await oldest);
+    } finally {
+      // After an error: let the chunk still in flight end before returning.
+      for (const sending of sent) await sending.catch(() => undefined);
+    }
+    return ids;
   }
 
   /**
@@ -517,8 +629,11 @@ export class RRQClient {
    *
    * Subscribes to the job's done channel before reading its status, so a
    * transition between the two cannot be missed, then waits for the message
-   * without polling. Throws JobNotFoundError for an unknown id and
-   * WaitTimeoutError when `timeoutSeconds` pass first.
+   * without polling. Every wait of the client shares one subscriber
+   * connection; when it reconnects, the job is read again, as a message may
+   * have been lost meanwhile. Throws JobNotFoundError for an unknown id,
+   * WaitTimeoutError when `timeoutSeconds` pass first, and RRQError when the
+   * client is closed meanwhile.
    */
   async waitForResult(jobId: string, options: WaitOptions = {}): Promise<JobResult> {
     nonEmptyString("jobId", jobId);
@@ -533,15 +648,18 @@ export class RRQClient {
     timedOut.catch(() => undefined);
     const within = <T>(promise: Promise<T>): Promise<T> => Promise.race([promise, timedOut]);
 
-    let subscribing: Promise<Redis> | undefined;
+    let subscription: ChannelSubscription | undefined;
     try {
       const found = await within(this.#locate(jobId));
       if (found === null) throw new JobNotFoundError(jobId);
       const [queue] = found;
       const store = this.store;
       let wake = deferred();
-      subscribing = store.subscribeDone(queue, jobId, () => wake.resolve());
-      await within(subscribing);
+      subscription = store.subscribeDone(queue, jobId, {
+        wake: () => wake.resolve(),
+        fail: (error) => wake.reject(error),
+      });
+      await within(subscription.ready);
       for (;;) {
         const waiting = wake.promise;
         const fields = await within(store.getJob(queue, jobId));
@@ -553,10 +671,7 @@ export class RRQClient {
       }
     } finally {
       clearTimeout(timer);
-      subscribing?.then(
-        (subscriber) => subscriber.disconnect(),
-        () => undefined,
-      );
+      subscription?.release();
     }
   }
 

@@ -2,15 +2,18 @@
  * rrq-ts: the TypeScript producer client and runner runtime of RRQ.
  *
  * Layout: client.ts (RRQClient, the producer), store.ts (every Redis key and
- * script call), config.ts (rrq.toml), job.ts (JobStatus, JobResult),
- * errors.ts, registry.ts (Registry, ExecutionRequest), runner.ts (the runner
- * runtime), wire.ts (the only module that touches generated protobuf types),
+ * script call), waiting.ts (the subscriber connection waits share),
+ * config.ts (rrq.toml), job.ts (JobStatus, JobResult), errors.ts,
+ * registry.ts (Registry, ExecutionRequest), runner.ts (the runner runtime),
+ * wire.ts (the only module that touches generated protobuf types),
  * bin/rrq-ts-runner.ts (the runner CLI), conformance/ (fixture programs).
  */
 export {
+  ENQUEUE_MANY_CHUNK,
   RRQClient,
   ulid,
   type DebounceOptions,
+  type EnqueueManyOptions,
   type EnqueueOptions,
   type RateLimitOptions,
   type RRQClientOptions,

@@ -16,6 +16,7 @@ import {
   RRQError,
 } from "./errors.js";
 import { LUA_SCRIPTS, type ScriptName } from "./gen/lua.js";
+import { type ChannelSubscription, type ChannelWaiter, SharedSubscriber } from "./waiting.js";
 
 export const QUEUES_KEY = "rrq:queues";
 
@@ -153,9 +154,42 @@ function scriptSha(name: ScriptName): string {
 
 const asText = (value: unknown): string => (value === null || value === undefined ? "" : String(value));
 
+/** KEYS and ARGV of enqueue.lua for `args`. */
+function enqueueCall(args: EnqueueArgs): [string[], (string | number)[]] {
+  const queue = args.queueName;
+  const keys = [jobKey(queue, args.jobId), dueKey(queue)];
+  if (args.rule !== "") {
+    keys.push(ruleKey(args.rule, queue, args.ruleKey), jobKeyPrefix(queue));
+  }
+  const argv = [
+    args.jobId,
+    args.functionName,
+    queue,
+    args.paramsJson,
+    args.maxRetries,
+    args.jobTimeoutMs,
+    args.resultTtlMs,
+    args.deferMs,
+    args.runAtMs,
+    args.traceParent,
+    args.traceState,
+    args.maxParamsBytes,
+    wakeChannel(queue),
+    args.rule,
+    args.ruleKey,
+    args.ruleWindowMs,
+    args.debounceMaxWaitMs,
+  ];
+  return [keys, argv];
+}
+
+const registering = (register: boolean, queue: string): PipelineCommand[] =>
+  register ? [["sadd", [QUEUES_KEY, queue]]] : [];
+
 /** Key layout and scripts over one ioredis client. */
 export class Store {
   readonly redis: Redis;
+  #subscriber: SharedSubscriber | null = null;
 
   constructor(redis: Redis) {
     this.redis = redis;
@@ -201,38 +235,47 @@ export class Store {
 
   /** Writes a job (enqueue.lua), preceded by `SADD rrq:queues <queue>` when asked. */
   async enqueue(args: EnqueueArgs, registerQueue: boolean): Promise<EnqueueReply> {
-    const queue = args.queueName;
-    const before: PipelineCommand[] = registerQueue ? [["sadd", [QUEUES_KEY, queue]]] : [];
-    const keys = [jobKey(queue, args.jobId), dueKey(queue)];
-    if (args.rule !== "") {
-      keys.push(ruleKey(args.rule, queue, args.ruleKey), jobKeyPrefix(queue));
-    }
-    const reply = await this.run(
-      "enqueue",
-      keys,
-      [
-        args.jobId,
-        args.functionName,
-        queue,
-        args.paramsJson,
-        args.maxRetries,
-        args.jobTimeoutMs,
-        args.resultTtlMs,
-        args.deferMs,
-        args.runAtMs,
-        args.traceParent,
-        args.traceState,
-        args.maxParamsBytes,
-        wakeChannel(queue),
-        args.rule,
-        args.ruleKey,
-        args.ruleWindowMs,
-        args.debounceMaxWaitMs,
-      ],
-      before,
-    );
+    const [keys, argv] = enqueueCall(args);
+    const reply = await this.run("enqueue", keys, argv, registering(registerQueue, args.queueName));
     const [code, jobId, value] = reply;
     return { code: Number(code), jobId: asText(jobId), value: Number(value) };
+  }
+
+  /**
+   * Writes `jobs`, pairs of (job id, params JSON) that share every other
+   * argument of `shared` (whose own job id and params are not used), in one
+   * enqueue.lua call.
+   *
+   * Each job is written atomically on its own (one reply each, in order);
+   * `shared` must carry no rule. Preceded by `SADD rrq:queues` when asked.
+   */
+  async enqueueMany(
+    shared: EnqueueArgs,
+    jobs: readonly (readonly [jobId: string, paramsJson: string])[],
+    registerQueue: boolean,
+  ): Promise<EnqueueReply[]> {
+    const [head, ...more] = jobs;
+    if (head === undefined) return [];
+    const first: EnqueueArgs = { ...shared, jobId: head[0], paramsJson: head[1] };
+    if (more.length === 0) return [await this.enqueue(first, registerQueue)]; // one job answers as enqueue() does
+    const [keys, argv] = enqueueCall(first);
+    for (const [jobId, paramsJson] of more) argv.push(jobId, paramsJson);
+    const [runAt, ...statuses] = await this.run(
+      "enqueue",
+      keys,
+      argv,
+      registering(registerQueue, first.queueName),
+    );
+    const ids = [first.jobId, ...more.map(([jobId]) => jobId)];
+    if (statuses.length !== ids.length) {
+      throw new RRQError(`enqueue.lua answered ${statuses.length} statuses for ${ids.length} jobs`);
+    }
+    return ids.map((jobId, index): EnqueueReply => {
+      const status = Number(statuses[index]);
+      return status
+        ? { code: ENQUEUE_EXISTS, jobId, value: status }
+        : { code: ENQUEUE_CREATED, jobId, value: Number(runAt) };
+    });
   }
 
   /** Every registered queue name, sorted. */
@@ -292,21 +335,32 @@ export class Store {
   }
 
   /**
-   * A new connection subscribed to the job's done channel; resolves once
-   * Redis confirmed the subscription. `onMessage` is called on every message.
+   * Joins the job's done channel on the store's one subscriber connection,
+   * opened on first use. `waiter.wake` runs on every message on the channel
+   * and after a reconnect; read the job only once `ready` resolved.
    */
-  async subscribeDone(queue: string, jobId: string, onMessage: () => void): Promise<Redis> {
-    const subscriber = this.redis.duplicate({ lazyConnect: true });
-    const channel = doneChannel(queue, jobId);
-    subscriber.on("message", (received: string) => {
-      if (received === channel) onMessage();
-    });
+  subscribeDone(queue: string, jobId: string, waiter: ChannelWaiter): ChannelSubscription {
+    // maxRetriesPerRequest null: a SUBSCRIBE or UNSUBSCRIBE dropped after a few
+    // reconnect attempts would leave Redis's subscriptions and the counts
+    // apart; they wait for the connection instead (a wait has its own timeout).
+    // No ready check: ioredis writes a SUBSCRIBE made during the handshake at
+    // once, and the check's INFO, refused in subscriber mode, then fails the
+    // connection. The check waits for Redis to load its data; SUBSCRIBE works
+    // while it loads.
+    this.#subscriber ??= new SharedSubscriber(() =>
+      this.redis.duplicate({ lazyConnect: true, maxRetriesPerRequest: null, enableReadyCheck: false }),
+    );
+    return this.#subscriber.subscribe(doneChannel(queue, jobId), waiter);
+  }
+
+  /** Closes the subscriber connection (failing its waiters) and the connection. */
+  async close(): Promise<void> {
+    this.#subscriber?.close();
+    this.#subscriber = null;
     try {
-      await subscriber.subscribe(channel);
-    } catch (error) {
-      subscriber.disconnect();
-      throw error;
+      await this.redis.quit();
+    } catch {
+      this.redis.disconnect();
     }
-    return subscriber;
   }
 }

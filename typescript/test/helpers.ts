@@ -237,3 +237,102 @@ export async function nothingWritten<T>(redis: Redis, block: () => Promise<T>): 
   assert.deepEqual({ added, changed, deleted }, { added: [], changed: [], deleted: [] }, "the block wrote to Redis");
   return result;
 }
+
+/** A command Redis ran, as MONITOR reported it. */
+export interface MonitoredCommand {
+  /** The command name, in lower case, then its arguments. */
+  readonly args: readonly string[];
+  /** The connection that sent it, `ip:port` (`lua` for a script's commands). */
+  readonly source: string;
+}
+
+/**
+ * Every command Redis runs after `start` resolved (MONITOR), in order.
+ * `waitFor` resolves once commands matching a test ran, so a test waits for
+ * what a client did rather than for time to pass. Once a command is in the
+ * log, Redis has finished running it.
+ */
+export class CommandLog {
+  readonly commands: MonitoredCommand[] = [];
+  readonly #monitor: Redis;
+  #waiters: { match: (command: MonitoredCommand) => boolean; seen: number; count: number; resolve: () => void }[] = [];
+
+  private constructor(monitor: Redis) {
+    this.#monitor = monitor;
+    monitor.on("monitor", (_time: string, args: string[], source: string) => {
+      const [name = "", ...rest] = args;
+      const entry = { args: [name.toLowerCase(), ...rest], source };
+      this.commands.push(entry);
+      this.#waiters = this.#waiters.filter((w) => {
+        if (w.match(entry)) w.seen += 1;
+        if (w.seen < w.count) return true;
+        w.resolve();
+        return false;
+      });
+    });
+  }
+
+  /** Starts monitoring on a new connection made from `redis`'s options. */
+  static async start(redis: Redis): Promise<CommandLog> {
+    return new CommandLog(await redis.monitor());
+  }
+
+  /** The log's current length, to pass as `from` for commands after this point. */
+  get mark(): number {
+    return this.commands.length;
+  }
+
+  /** The commands from index `from` on that match. */
+  matching(match: (command: MonitoredCommand) => boolean, from = 0): MonitoredCommand[] {
+    return this.commands.slice(from).filter(match);
+  }
+
+  /**
+   * Resolves with the matching commands once `count` of them (from index
+   * `from` on) ran; rejects after `timeoutMs`.
+   */
+  waitFor(
+    match: (command: MonitoredCommand) => boolean,
+    count = 1,
+    from = 0,
+    timeoutMs = 20_000,
+  ): Promise<MonitoredCommand[]> {
+    return new Promise((res, rej) => {
+      const timer = setTimeout(() => {
+        this.#waiters = this.#waiters.filter((w) => w !== waiter);
+        rej(new Error(`timed out waiting for ${count} commands; saw ${this.matching(match, from).length}`));
+      }, timeoutMs);
+      const waiter = {
+        match,
+        seen: this.matching(match, from).length,
+        count,
+        resolve: () => {
+          clearTimeout(timer);
+          res(this.matching(match, from));
+        },
+      };
+      if (waiter.seen >= count) waiter.resolve();
+      else this.#waiters.push(waiter);
+    });
+  }
+
+  /** Resolves once every command `redis` sent before this call is in the log. */
+  async sync(redis: Redis): Promise<void> {
+    const token = `sync-${++CommandLog.#tokens}`;
+    const from = this.mark;
+    await redis.echo(token);
+    await this.waitFor((c) => c.args[0] === "echo" && c.args[1] === token, 1, from);
+  }
+
+  static #tokens = 0;
+
+  close(): void {
+    this.#monitor.disconnect();
+  }
+}
+
+/** Matches a command by name and, when given, its first argument. */
+export const command =
+  (name: string, first?: string) =>
+  (c: MonitoredCommand): boolean =>
+    c.args[0] === name && (first === undefined || c.args[1] === first);

@@ -18,7 +18,13 @@ from rrq import _tracing
 from rrq.client import RRQClient
 from rrq.execution import ExecutionRequest
 
-METHODS = ("enqueue", "enqueue_with_unique_key", "enqueue_with_rate_limit", "enqueue_with_debounce")
+METHODS = (
+    "enqueue",
+    "enqueue_many",
+    "enqueue_with_unique_key",
+    "enqueue_with_rate_limit",
+    "enqueue_with_debounce",
+)
 
 
 class _FixedSpan:
@@ -65,6 +71,11 @@ async def call(request: Mapping[str, Any]) -> dict[str, Any]:
     async with RRQClient(config={"redis_dsn": request["redis_dsn"]}) as client:
         job_id: str | None
         try:
+            if method == "enqueue_many":
+                ids = await client.enqueue_many(
+                    request["function_name"], request["params_list"], options
+                )
+                return {"job_ids": ids}
             if method == "enqueue":
                 job_id = await client.enqueue(request["function_name"], options)
             elif method == "enqueue_with_unique_key":

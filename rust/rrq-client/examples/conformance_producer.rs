@@ -174,7 +174,9 @@ fn options(o: &Map<String, Value>) -> Result<EnqueueOptions, Error> {
     Ok(opts)
 }
 
-async fn call(request: &Value) -> Result<Option<String>, Error> {
+/// The call's printed answer: `{"job_id": ...}`, or `{"job_ids": [...]}` for
+/// `enqueue_many`.
+async fn call(request: &Value) -> Result<Value, Error> {
     let dsn = request["redis_dsn"]
         .as_str()
         .unwrap_or("redis://127.0.0.1:6379/0");
@@ -185,7 +187,16 @@ async fn call(request: &Value) -> Result<Option<String>, Error> {
     check_names(method, o)?;
     let opts = options(o)?;
     let client = Client::connect(dsn).await?;
-    match method {
+    if method == "enqueue_many" {
+        let Some(params_list) = request["params_list"].as_array() else {
+            return Err(Error::InvalidParams(
+                "params_list must be a sequence of dicts".to_owned(),
+            ));
+        };
+        let ids = client.enqueue_many(function, params_list, opts).await?;
+        return Ok(json!({ "job_ids": ids }));
+    }
+    let job_id = match method {
         "enqueue" => client.enqueue(function, opts).await.map(Some),
         "enqueue_with_unique_key" => {
             let key = request["unique_key"].as_str().unwrap_or_default();
@@ -222,7 +233,8 @@ async fn call(request: &Value) -> Result<Option<String>, Error> {
                 .map(Some)
         }
         other => Err(invalid("method", format!("unknown method {other:?}"))),
-    }
+    }?;
+    Ok(json!({ "job_id": job_id }))
 }
 
 /// The Python class name of an error, so every language reports the same type.
@@ -254,7 +266,7 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let out = match call(&request).await {
-        Ok(id) => json!({"job_id": id}),
+        Ok(answer) => answer,
         Err(e) => json!({"error": {"type": error_type(&e), "message": e.to_string()}}),
     };
     println!("{out}");

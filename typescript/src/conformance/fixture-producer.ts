@@ -10,7 +10,13 @@
  */
 import { RRQClient } from "../client.js";
 
-const METHODS = ["enqueue", "enqueue_with_unique_key", "enqueue_with_rate_limit", "enqueue_with_debounce"];
+const METHODS = [
+  "enqueue",
+  "enqueue_many",
+  "enqueue_with_unique_key",
+  "enqueue_with_rate_limit",
+  "enqueue_with_debounce",
+];
 
 const camel = (name: string): string => name.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 
@@ -40,6 +46,9 @@ async function call(request: Record<string, unknown>): Promise<Record<string, un
   const functionName = request["function_name"] as string;
   const client = new RRQClient({ config: { redisDsn: String(request["redis_dsn"]) } });
   try {
+    if (method === "enqueue_many") {
+      return { job_ids: await client.enqueueMany(functionName, request["params_list"] as never, options) };
+    }
     let jobId: string | null;
     switch (method) {
       case "enqueue":
