@@ -13,7 +13,7 @@ import {
   ulid,
   WaitTimeoutError,
 } from "../src/index.js";
-import { nothingWritten, type RedisServer, startRedis } from "./helpers.js";
+import { nothingWritten, type RedisServer, rejectsWith, startRedis } from "./helpers.js";
 
 let redis: RedisServer;
 let client: RRQClient;
@@ -80,13 +80,7 @@ describe("validation: nothing is written on rejection", () => {
   ];
   for (const [name, call, ErrorType, option] of cases) {
     test(name, async () => {
-      await unwritten(() =>
-        assert.rejects(call, (error: unknown) => {
-          assert.ok(error instanceof ErrorType, `${String(error)} is not a ${ErrorType.name}`);
-          if (option !== undefined) assert.equal((error as InvalidOptionError).option, option);
-          return true;
-        }),
-      );
+      await unwritten(() => rejectsWith(call, ErrorType, option));
     });
   }
 });

@@ -12,7 +12,7 @@ import {
   RRQClient,
 } from "../src/index.js";
 import { ENQUEUE_CREATED, ENQUEUE_EXISTS } from "../src/store.js";
-import { CommandLog, command, nothingWritten, type RedisServer, startRedis } from "./helpers.js";
+import { CommandLog, command, nothingWritten, type RedisServer, rejectsWith, startRedis } from "./helpers.js";
 
 let redis: RedisServer;
 let client: RRQClient;
@@ -183,13 +183,7 @@ describe("enqueueMany validation: nothing is written on rejection", () => {
   ];
   for (const [name, call, ErrorType, option] of cases) {
     test(name, async () => {
-      await unwritten(() =>
-        assert.rejects(call, (error: unknown) => {
-          assert.ok(error instanceof ErrorType, `${String(error)} is not a ${ErrorType.name}`);
-          if (option !== undefined) assert.equal((error as InvalidOptionError).option, option);
-          return true;
-        }),
-      );
+      await unwritten(() => rejectsWith(call, ErrorType, option));
     });
   }
 });

@@ -238,6 +238,22 @@ export async function nothingWritten<T>(redis: Redis, block: () => Promise<T>): 
   return result;
 }
 
+/**
+ * Asserts that `call` rejects with an `ErrorType`; for an option error, one
+ * that names `option`.
+ */
+export function rejectsWith(
+  call: () => Promise<unknown>,
+  ErrorType: new (...args: never[]) => Error,
+  option?: string,
+): Promise<void> {
+  return assert.rejects(call, (error: unknown) => {
+    assert.ok(error instanceof ErrorType, `${String(error)} is not a ${ErrorType.name}`);
+    if (option !== undefined) assert.equal((error as { option?: unknown }).option, option);
+    return true;
+  });
+}
+
 /** A command Redis ran, as MONITOR reported it. */
 export interface MonitoredCommand {
   /** The command name, in lower case, then its arguments. */

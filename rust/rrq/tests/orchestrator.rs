@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use rrq_proto::v1::{Retry, Success, orchestrator_message, outcome};
+use rrq_proto::v1::{ExecutionRequest, Retry, Success, orchestrator_message, outcome};
 use rrq_store::{Enqueued, JobStatus, QueueKeys, Settle, SettleAction, Store};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,6 +78,12 @@ async fn run_one(redis: &Redis, store: &Store, runner: &mut TestRunner, id: &str
     store.enqueue(&job("default", id, "echo", 0)).await.unwrap();
     let exec = runner.next_execution().await;
     assert_eq!(exec.job_id, id);
+    succeed(runner, &exec).await;
+    assert_eq!(done.wait().await, JobStatus::Completed as i32);
+}
+
+/// Reports `exec` as a success that returns its params.
+async fn succeed(runner: &TestRunner, exec: &ExecutionRequest) {
     let result_json = exec.params_json.clone();
     runner
         .send(
@@ -86,7 +92,6 @@ async fn run_one(redis: &Redis, store: &Store, runner: &mut TestRunner, id: &str
             outcome::Result::Success(Success { result_json }),
         )
         .await;
-    assert_eq!(done.wait().await, JobStatus::Completed as i32);
 }
 
 /// A freed slot is worth a claim only where slots ran out before due jobs
@@ -137,14 +142,7 @@ async fn a_freed_slot_claims_a_backlogged_queue() {
         running.push(runner.next_execution().await);
     }
     for exec in running.iter().take(2) {
-        let result_json = exec.params_json.clone();
-        runner
-            .send(
-                &exec.job_id,
-                exec.attempt,
-                outcome::Result::Success(Success { result_json }),
-            )
-            .await;
+        succeed(&runner, exec).await;
     }
     let mut ids: Vec<String> = running.iter().map(|e| e.job_id.clone()).collect();
     ids.push(runner.next_execution().await.job_id);
