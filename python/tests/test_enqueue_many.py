@@ -84,6 +84,30 @@ async def test_enqueue_many_validates_everything_before_writing(
     assert await raw.zcard(keys.due_key(queue)) == 0
 
 
+@pytest.mark.parametrize(
+    ("bad_at", "bad", "error"),
+    [
+        (0, ["not", "a", "dict"], InvalidParamsError),
+        (3, {"bad": float("nan")}, InvalidParamsError),
+        (701, {"big": "x" * 2000}, PayloadTooLargeError),
+    ],
+)
+async def test_enqueue_many_names_the_bad_entry(
+    redis_dsn: str,
+    raw: aioredis.Redis,
+    queue: str,
+    bad_at: int,
+    bad: object,
+    error: type[Exception],
+) -> None:
+    params_list: list[Any] = [{"n": n} for n in range(800)]
+    params_list[bad_at] = bad
+    async with RRQClient(config={"redis_dsn": redis_dsn, "max_payload_bytes": 1000}) as client:
+        with pytest.raises(error, match=rf"^params_list\[{bad_at}\]: params "):
+            await client.enqueue_many("work", params_list, {"queue_name": queue})
+    assert await raw.zcard(keys.due_key(queue)) == 0
+
+
 async def test_enqueue_many_reloads_a_flushed_script(
     client: RRQClient, raw: aioredis.Redis, queue: str
 ) -> None:

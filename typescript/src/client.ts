@@ -271,6 +271,18 @@ function checkOptionNames(rule: Rule, rawOptions: unknown): Options {
   return options;
 }
 
+/** `encode()`, whose params errors say they are about `paramsList[index]` of an enqueueMany. */
+function namingEntry<T>(index: number, encode: () => T): T {
+  try {
+    return encode();
+  } catch (error) {
+    const message = `paramsList[${index}]: ${error instanceof Error ? error.message : String(error)}`;
+    if (error instanceof PayloadTooLargeError) throw new PayloadTooLargeError(message, error.size, error.limit);
+    if (error instanceof InvalidParamsError) throw new InvalidParamsError(message);
+    throw error;
+  }
+}
+
 const isSet = (value: unknown): boolean => value !== undefined && value !== null;
 
 /** A promise with its resolve and reject functions (Promise.withResolvers needs Node 22). */
@@ -474,11 +486,11 @@ export class RRQClient {
       return [];
     }
     // The options are checked once; each entry's params as enqueue() checks them.
-    const [shared] = this.#buildArgs("", functionName, { ...opts, params: paramsList[0] });
+    const [shared] = namingEntry(0, () => this.#buildArgs("", functionName, { ...opts, params: paramsList[0] }));
     const newId = ulidMaker(paramsList.length - 1);
     const jobs: (readonly [jobId: string, paramsJson: string])[] = [
       [shared.jobId, shared.paramsJson],
-      ...paramsList.slice(1).map((params) => [newId(), this.#paramsJson(params)] as const),
+      ...paramsList.slice(1).map((params, i) => [newId(), namingEntry(i + 1, () => this.#paramsJson(params))] as const),
     ];
     const queue = shared.queueName;
     const store = this.store;

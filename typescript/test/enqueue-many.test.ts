@@ -188,6 +188,25 @@ describe("enqueueMany validation: nothing is written on rejection", () => {
   }
 });
 
+test("a rejected entry is named by its index in paramsList", async () => {
+  const list = (bad: unknown, at: number): never =>
+    Array.from({ length: 800 }, (_, n) => (n === at ? bad : { n })) as never;
+  const cases: [number, unknown, new (...args: never[]) => Error][] = [
+    [0, [1, 2], InvalidParamsError],
+    [3, { x: Number.NaN }, InvalidParamsError],
+    [701, { x: "é".repeat(500) }, PayloadTooLargeError],
+  ];
+  for (const [at, bad, ErrorType] of cases) {
+    await unwritten(() =>
+      assert.rejects(client.enqueueMany("f", list(bad, at)), (error: unknown) => {
+        assert.ok(error instanceof ErrorType, `${String(error)} is not a ${ErrorType.name}`);
+        assert.match((error as Error).message, new RegExp(`^paramsList\\[${at}\\]: params `));
+        return true;
+      }),
+    );
+  }
+});
+
 test("Store.enqueueMany reports an existing id without writing it", async () => {
   const q = queue();
   const existing = await client.enqueue("work", { queueName: q, params: { old: true } });

@@ -213,6 +213,16 @@ def _check_option_names(rule: str, options: Mapping[str, Any]) -> None:
         )
 
 
+def _naming_entry(
+    index: int, exc: InvalidParamsError | PayloadTooLargeError
+) -> InvalidParamsError | PayloadTooLargeError:
+    """``exc``, raised for ``params_list[index]`` of an ``enqueue_many``, saying so."""
+    message = f"params_list[{index}]: {exc}"
+    if isinstance(exc, PayloadTooLargeError):
+        return PayloadTooLargeError(message, size=exc.size, limit=exc.limit)
+    return InvalidParamsError(message)
+
+
 def _has_job_id(options: Mapping[str, Any]) -> bool:
     return options.get("job_id") is not None
 
@@ -443,10 +453,17 @@ class RRQClient:
             self._build_args("", function_name, opts)  # the options are still checked
             return []
         # The options are checked once; each entry's params as enqueue() checks them.
-        shared = self._build_args("", function_name, {**opts, "params": params_list[0]})
-        jobs = [(shared.job_id, shared.params_json)]
         more = params_list[1:]
-        jobs += zip(_ulids(len(more)), map(self._params_json, more), strict=True)
+        encoded: list[str] = []
+        try:
+            shared = self._build_args("", function_name, {**opts, "params": params_list[0]})
+            encoded.append(shared.params_json)
+            # extend() keeps what it appended before an entry raised: the
+            # length is then the failing entry's index, at no cost per entry.
+            encoded.extend(map(self._params_json, more))
+        except (InvalidParamsError, PayloadTooLargeError) as exc:
+            raise _naming_entry(len(encoded), exc) from exc
+        jobs = list(zip([shared.job_id, *_ulids(len(more))], encoded, strict=True))
         queue = shared.queue_name
 
         def send(start: int) -> asyncio.Task[list[EnqueueReply]]:

@@ -139,6 +139,15 @@ pub struct Debounce {
 
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
+/// `e`, a params error of entry `index` of an `enqueue_many`, saying which.
+fn naming_entry(index: usize, e: Error) -> Error {
+    match e {
+        Error::InvalidParams(m) => Error::InvalidParams(format!("params_list[{index}]: {m}")),
+        Error::PayloadTooLarge(m) => Error::PayloadTooLarge(format!("params_list[{index}]: {m}")),
+        other => other,
+    }
+}
+
 /// A new job id: a ULID, 26 Crockford base32 characters that sort by the
 /// millisecond they were made. Ten characters shorter than a UUID: the id is
 /// stored twice for every waiting job (docs/redis-schema.md), and that is most
@@ -247,14 +256,19 @@ impl Client {
             return Ok(Vec::new());
         };
         // The options are checked once; each entry's params as enqueue() checks them.
-        let mut shared = self.build_with(function_name, &options, Some(first))?;
+        let mut shared = self
+            .build_with(function_name, &options, Some(first))
+            .map_err(|e| naming_entry(0, e))?;
         let mut jobs = Vec::with_capacity(params_list.len());
         jobs.push((
             std::mem::take(&mut shared.id),
             std::mem::take(&mut shared.params_json),
         ));
-        for params in rest {
-            jobs.push((ulid(), self.params_json(Some(params))?));
+        for (i, params) in rest.iter().enumerate() {
+            let params_json = self
+                .params_json(Some(params))
+                .map_err(|e| naming_entry(i + 1, e))?;
+            jobs.push((ulid(), params_json));
         }
 
         let mut ids = Vec::with_capacity(jobs.len());

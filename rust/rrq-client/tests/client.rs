@@ -337,19 +337,25 @@ async fn enqueue_many_validates_everything_before_writing() {
         list[ENQUEUE_MANY_CHUNK + 1] = bad; // in the second chunk: the first is good
         list
     };
+    // The error names the entry by its index in params_list.
+    let named = format!("params_list[{}]: params ", ENQUEUE_MANY_CHUNK + 1);
     assert!(matches!(
         c.enqueue_many("f", &with_bad_entry(json!([1])), o()).await,
-        Err(Error::InvalidParams(_))
+        Err(Error::InvalidParams(m)) if m.starts_with(&named)
     ));
     assert!(matches!(
         c.enqueue_many("f", &with_bad_entry(json!("text")), o())
             .await,
-        Err(Error::InvalidParams(_))
+        Err(Error::InvalidParams(m)) if m.starts_with(&named)
     ));
     assert!(matches!(
         c.enqueue_many("f", &with_bad_entry(json!({"x": "y".repeat(200)})), o())
             .await,
-        Err(Error::PayloadTooLarge(_))
+        Err(Error::PayloadTooLarge(m)) if m.starts_with(&named)
+    ));
+    assert!(matches!(
+        c.enqueue_many("f", &[json!([1]), json!({})], o()).await,
+        Err(Error::InvalidParams(m)) if m.starts_with("params_list[0]: params ")
     ));
     assert_eq!(redis.dbsize().await, before);
 
