@@ -18,13 +18,13 @@ instructions per job, split by where Redis spends them:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from rrq.store import (
     job_key_prefix,
     wake_channel,
 )
+from rrq.testing import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA_DIR = ROOT / "rust" / "rrq-store" / "lua"
@@ -137,43 +138,13 @@ def inclusive_counts(out: Path) -> dict[str, int]:
 
 def profile(workload: str, lua_dir: Path, jobs: int, batch: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="rrq-lua-profile-") as tmp:
-        work = Path(tmp)
-        sock, out = work / "redis.sock", work / "callgrind.out"
-        server = subprocess.Popen(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--instr-atstart=no",
-                f"--callgrind-out-file={out}",
-                "redis-server",
-                "--port",
-                "0",
-                "--unixsocket",
-                str(sock),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--dir",
-                str(work),
-            ],
-            cwd=work,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            r = redis.Redis(unix_socket_path=str(sock))
-            deadline = time.monotonic() + 60
-            while True:  # valgrind takes seconds to start Redis; nothing to wait on but the socket
-                try:
-                    r.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        raise
-                    time.sleep(0.2)
+        out = Path(tmp) / "callgrind.out"
+        callgrind = ("valgrind", "--tool=callgrind", "--instr-atstart=no")
+        prefix = (*callgrind, f"--callgrind-out-file={out}")
+        with RedisServer(Path(tmp) / "redis", command_prefix=prefix) as server:
+            assert server.process is not None
+            pid = server.process.pid
+            r = redis.Redis(unix_socket_path=str(server.socket_path))
             shas = {
                 n: r.script_load((lua_dir / f"{n}.lua").read_text())
                 for n in ("enqueue", "claim", "settle")
@@ -181,7 +152,7 @@ def profile(workload: str, lua_dir: Path, jobs: int, batch: int) -> dict[str, fl
 
             def measure(on: bool) -> None:
                 subprocess.run(
-                    ["callgrind_control", "-i", "on" if on else "off", str(server.pid)],
+                    ["callgrind_control", "-i", "on" if on else "off", str(pid)],
                     check=True,
                     capture_output=True,
                 )
@@ -190,11 +161,11 @@ def profile(workload: str, lua_dir: Path, jobs: int, batch: int) -> dict[str, fl
                 plain_enqueue(r, shas, jobs, measure)
             else:
                 drain(r, shas, jobs, batch, measure)
-            r.shutdown(nosave=True)
-        except redis.ConnectionError:
-            pass  # SHUTDOWN closes the connection
-        finally:
-            server.wait(timeout=120)
+            # callgrind writes its counts when Redis exits on its own; the
+            # server's stop() would kill it.
+            with contextlib.suppress(redis.ConnectionError):  # SHUTDOWN closes it
+                r.shutdown(nosave=True)
+            server.process.wait(timeout=120)
         counts = inclusive_counts(out)
     measured = jobs if workload == "enqueue" else jobs - 3 * batch
     per_job = {"total": counts["total"] / measured} | {

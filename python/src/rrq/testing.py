@@ -155,6 +155,7 @@ class RedisServer:
         extra_args: tuple[str, ...] = (),
         aof: bool = True,
         maxmemory_policy: str | None = None,
+        command_prefix: tuple[str, ...] = (),
     ) -> None:
         self.directory = Path(directory or tempfile.mkdtemp(prefix="rrq-redis-"))
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -164,6 +165,9 @@ class RedisServer:
         self.port = free_port() if tcp else 0
         self.socket_path = self.directory / "redis.sock"
         self.extra_args = extra_args
+        # Runs redis-server under another program (make bench-lua: valgrind),
+        # which keeps the process, so `process.pid` is still the server's.
+        self.command_prefix = command_prefix
         self.process: subprocess.Popen[str] | None = None
         self.log: ProcessLog | None = None
 
@@ -174,7 +178,8 @@ class RedisServer:
         return f"unix://{self.socket_path}"
 
     def start(self) -> Self:
-        args = [find_redis_server(), "--port", str(self.port), "--dir", str(self.directory)]
+        args = [*self.command_prefix, find_redis_server(), "--port", str(self.port)]
+        args += ["--dir", str(self.directory)]
         args += ["--save", "", "--daemonize", "no"]
         if self.aof:
             args += ["--appendonly", "yes", "--appendfsync", "everysec"]
