@@ -29,7 +29,8 @@ setup: $(PY) typescript/node_modules ## Create .venv, install the rrq package (o
 	$(BIN)/pip install -q -e ./python
 	@$(BIN)/rrq --version
 
-gen: $(PY) typescript/node_modules ## Regenerate code from proto/ and copy the Lua scripts to every producer
+gen: $(PY) typescript/node_modules ## Regenerate code from proto/, write the shared limits and copy the Lua scripts to every producer
+	$(PY) tools/gen_limits.py
 	PATH="$(BIN):$$PATH" tools/gen_python.sh
 	$(RUST) $(CARGO) run -q -p rrq-gen
 	rm -rf typescript/src/gen/rrq
@@ -42,10 +43,13 @@ typescript/node_modules: typescript/package-lock.json
 	npm --prefix typescript ci --no-audit --no-fund --loglevel=error
 	touch typescript/node_modules
 
+# Outputs of tools/gen_limits.py outside the generated folders.
+GEN_LIMITS := rust/rrq-store/lua rust/rrq-store/src/limits.rs python/src/rrq/_limits.py
+
 gen-check: gen ## Fail when generated code or Lua copies are stale
-	@git diff --exit-code -- python/src/rrq/v1 python/src/rrq/lua rust/rrq-proto/src/gen typescript/src/gen \
+	@git diff --exit-code -- python/src/rrq/v1 python/src/rrq/lua rust/rrq-proto/src/gen typescript/src/gen $(GEN_LIMITS) \
 	  || { echo "generated code is stale: run 'make gen' and commit" >&2; exit 1; }
-	@test -z "$$(git status --porcelain -- python/src/rrq/v1 python/src/rrq/lua rust/rrq-proto/src/gen typescript/src/gen)" \
+	@test -z "$$(git status --porcelain -- python/src/rrq/v1 python/src/rrq/lua rust/rrq-proto/src/gen typescript/src/gen $(GEN_LIMITS))" \
 	  || { echo "untracked generated files: run 'make gen' and commit" >&2; git status --porcelain; exit 1; }
 	@for p in python/src/rrq/v1 python/src/rrq/lua rust/rrq-proto/src/gen typescript/src/gen; do \
 	  test -n "$$(git ls-files "$$p")" || { echo ".gitattributes pattern $$p matches no file" >&2; exit 1; }; done

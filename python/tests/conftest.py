@@ -219,14 +219,15 @@ ConfigureOrchestrators = Callable[..., OrchestratorFactory]
 def configure_orchestrators(
     request: pytest.FixtureRequest, redis_dsn: str, tmp_path: Path
 ) -> Iterator[ConfigureOrchestrators]:
-    """Like ``orchestrators``, on a config with ``write_config`` keyword arguments."""
+    """Like ``orchestrators``, on a config with ``write_config`` keyword arguments
+    (and ``dsn``, another Redis DSN than the test's)."""
     binary = find_orchestrator_binary()
     factories: list[OrchestratorFactory] = []
 
-    def configure(**kwargs: Any) -> OrchestratorFactory:
+    def configure(*, dsn: str | None = None, **kwargs: Any) -> OrchestratorFactory:
         directory = tmp_path / f"config-{len(factories)}"
         directory.mkdir()
-        config = write_config(directory, redis_dsn, free_port(), **kwargs)
+        config = write_config(directory, dsn or redis_dsn, free_port(), **kwargs)
         factory = OrchestratorFactory(binary, config, directory)
         factories.append(factory)
         return factory

@@ -61,8 +61,8 @@ def test_key_names() -> None:
     assert store.due_key("emails") == "rrq:{emails}:due"
     assert store.active_key("emails") == "rrq:{emails}:active"
     assert store.dlq_key("emails") == "rrq:{emails}:dlq"
-    assert store.wake_channel("emails") == "rrq:{emails}:wake"
-    assert store.done_channel("emails", "j1") == "rrq:{emails}:done:j1"
+    assert store.wake_channel("emails") == "rrq:db0:{emails}:wake"
+    assert store.done_channel("emails", "j1") == "rrq:db0:{emails}:done:j1"
     assert store.QUEUES_KEY == "rrq:queues"
 
 

@@ -1,4 +1,5 @@
 /** The producer client: enqueue jobs, read their status, wait for their result. */
+import { MAX_DURATION_MS, MAX_RETRIES } from "./gen/limits.js";
 import { randomBytes } from "node:crypto";
 
 import { type ClientConfig, type ClientConfigInput, loadConfig } from "./config.js";
@@ -14,11 +15,13 @@ import { isTerminal, type JobResult } from "./job.js";
 import { encodeJson, JsonEncodeError, utf8Length } from "./json.js";
 import {
   ENQUEUE_EXISTS,
+  ENQUEUE_EXISTS_IN_QUEUE,
   ENQUEUE_RATE_LIMITED,
   type EnqueueArgs,
   type EnqueueReply,
   type EnqueueRule,
   type JobHash,
+  Keys,
   redisFromDsn,
   Store,
 } from "./store.js";
@@ -189,13 +192,19 @@ function roundHalfEven(value: number): number {
   return floor % 2 === 0 ? floor : floor + 1;
 }
 
+/** The longest duration an option may give, in seconds (limits.ts's MAX_DURATION_MS). */
+const MAX_SECONDS = MAX_DURATION_MS / 1000;
+
 function secondsToMs(name: string, value: unknown, positive: boolean): number {
   if (typeof value !== "number") {
     throw new InvalidOptionError(`${name} must be a number of seconds, got ${show(value)}`, name);
   }
-  if (!Number.isFinite(value) || value < 0 || (positive && value === 0)) {
+  if (!Number.isFinite(value) || value < 0 || (positive && value === 0) || value > MAX_SECONDS) {
     const bound = positive ? "positive" : "non-negative";
-    throw new InvalidOptionError(`${name} must be a finite ${bound} number, got ${show(value)}`, name);
+    throw new InvalidOptionError(
+      `${name} must be a finite ${bound} number of seconds, at most ${MAX_SECONDS} (3,650 days), got ${show(value)}`,
+      name,
+    );
   }
   const ms = roundHalfEven(value * 1000);
   if (positive && ms === 0) {
@@ -212,12 +221,24 @@ function dateToMs(value: unknown): number {
   if (ms < 0) {
     throw new InvalidOptionError(`deferUntil must not be before 1970, got ${show(value)}`, "deferUntil");
   }
+  // enqueue.lua checks this against Redis's clock; this copy saves a round trip.
+  if (ms > Date.now() + MAX_DURATION_MS) {
+    throw new InvalidOptionError(`deferUntil must be at most 3,650 days from now, got ${show(value)}`, "deferUntil");
+  }
   return ms;
 }
+
+/** In unicode mode, \p{Cs} matches only a surrogate that is not half of a pair. */
+const LONE_SURROGATE = /\p{Cs}/u;
 
 function nonEmptyString(name: string, value: unknown): string {
   if (typeof value !== "string" || value === "") {
     throw new InvalidOptionError(`${name} must be a non-empty string, got ${show(value)}`, name);
+  }
+  // Redis stores UTF-8: a lone surrogate has no UTF-8 form (it would be
+  // stored as U+FFFD, a different name than the caller gave).
+  if (LONE_SURROGATE.test(value)) {
+    throw new InvalidOptionError(`${name} must be valid Unicode text; it holds a lone surrogate: ${show(value)}`, name);
   }
   return value;
 }
@@ -308,7 +329,7 @@ function deferred(): { promise: Promise<void>; resolve: () => void; reject: (err
  */
 export class RRQClient {
   readonly config: ClientConfig;
-  #store: Store | null = null;
+  #store: Store | undefined = undefined;
   readonly #registeredQueues = new Set<string>();
   readonly #jobQueues = new Map<string, string>();
 
@@ -319,7 +340,10 @@ export class RRQClient {
 
   /** The Redis store (connects lazily). */
   get store(): Store {
-    this.#store ??= new Store(redisFromDsn(this.config.redisDsn));
+    if (this.#store === undefined) {
+      const redis = redisFromDsn(this.config.redisDsn);
+      this.#store = new Store(redis, new Keys(this.config.keyPrefix, redis.options.db ?? 0));
+    }
     return this.#store;
   }
 
@@ -329,7 +353,7 @@ export class RRQClient {
    */
   async close(): Promise<void> {
     const store = this.#store;
-    this.#store = null;
+    this.#store = undefined;
     this.#registeredQueues.clear();
     await store?.close();
   }
@@ -380,9 +404,9 @@ export class RRQClient {
 
     let maxRetries = options["maxRetries"];
     if (!isSet(maxRetries)) maxRetries = this.config.defaultMaxRetries;
-    if (typeof maxRetries !== "number" || !Number.isSafeInteger(maxRetries) || maxRetries < 0) {
+    if (typeof maxRetries !== "number" || !Number.isSafeInteger(maxRetries) || maxRetries < 0 || maxRetries > MAX_RETRIES) {
       throw new InvalidOptionError(
-        `maxRetries must be a non-negative integer, got ${show(maxRetries)}`,
+        `maxRetries must be an integer from 0 to ${MAX_RETRIES}, got ${show(maxRetries)}`,
         "maxRetries",
       );
     }
@@ -426,19 +450,16 @@ export class RRQClient {
   /** Runs enqueue.lua for validated args. */
   async #submit(args: EnqueueArgs, explicitId: boolean): Promise<EnqueueReply> {
     const store = this.store;
-    if (explicitId) {
-      const others = (await store.queues()).filter((q) => q !== args.queueName);
-      const found = await store.findStatus(args.jobId, others);
-      if (found !== null) {
-        const [queue, number] = found;
-        throw new DuplicateJobError(args.jobId, jobStatusFromNumber(number), queue);
-      }
-    }
     const register = !this.#registeredQueues.has(args.queueName);
-    const reply = await store.enqueue(args, register);
+    // A chosen id names one job across every queue: enqueue.lua checks the
+    // id registry and writes the job in one step.
+    const reply = await store.enqueue(explicitId ? { ...args, registeredId: true } : args, register);
     this.#registeredQueues.add(args.queueName);
     if (reply.code === ENQUEUE_EXISTS) {
       throw new DuplicateJobError(args.jobId, jobStatusFromNumber(reply.value), args.queueName);
+    }
+    if (reply.code === ENQUEUE_EXISTS_IN_QUEUE) {
+      throw new DuplicateJobError(args.jobId, jobStatusFromNumber(reply.value), reply.queue ?? "");
     }
     if (reply.jobId) this.#remember(reply.jobId, args.queueName);
     return reply;
@@ -624,7 +645,7 @@ export class RRQClient {
       const fields = await store.getJob(queue, jobId);
       if (fields !== null) return [queue, fields];
     }
-    const found = await store.findJob(jobId, await store.queues());
+    const found = (await store.findRegisteredJob(jobId)) ?? (await store.findJob(jobId, await store.queues()));
     if (found !== null) this.#remember(jobId, found[0]);
     return found;
   }

@@ -20,6 +20,8 @@ export interface ClientConfig {
   readonly maxPayloadBytes: number;
   readonly defaultResultTtlSeconds: number;
   readonly defaultUniqueJobLockTtlSeconds: number;
+  /** First part of every Redis key and channel (`key_prefix`). */
+  readonly keyPrefix: string;
 }
 
 /** Client settings given in code; every key is optional. */
@@ -32,6 +34,7 @@ export const DEFAULT_CONFIG: ClientConfig = Object.freeze({
   maxPayloadBytes: 1024 * 1024,
   defaultResultTtlSeconds: 86_400,
   defaultUniqueJobLockTtlSeconds: 21_600,
+  keyPrefix: "rrq",
 });
 
 // camelCase key of ClientConfig -> the rrq.toml key.
@@ -42,6 +45,7 @@ const TOML_KEYS: Readonly<Record<keyof ClientConfig, string>> = {
   maxPayloadBytes: "max_payload_bytes",
   defaultResultTtlSeconds: "default_result_ttl_seconds",
   defaultUniqueJobLockTtlSeconds: "default_unique_job_lock_ttl_seconds",
+  keyPrefix: "key_prefix",
 };
 
 function show(value: unknown): string {
@@ -97,6 +101,12 @@ function fromTable(table: Readonly<Record<string, unknown>>, env: NodeJS.Process
     "default_unique_job_lock_ttl_seconds",
     get("defaultUniqueJobLockTtlSeconds"),
   );
+  const keyPrefix = get("keyPrefix");
+  if (typeof keyPrefix !== "string" || !/^[A-Za-z0-9_.:-]{1,64}$/.test(keyPrefix)) {
+    throw new ConfigError(
+      `rrq.key_prefix must be 1 to 64 characters of letters, digits, '_', '-', '.' and ':', got ${show(keyPrefix)}`,
+    );
+  }
   const envDsn = env[REDIS_DSN_ENV];
   if (envDsn) redisDsn = envDsn;
   return {
@@ -106,6 +116,7 @@ function fromTable(table: Readonly<Record<string, unknown>>, env: NodeJS.Process
     maxPayloadBytes,
     defaultResultTtlSeconds,
     defaultUniqueJobLockTtlSeconds,
+    keyPrefix,
   };
 }
 

@@ -11,6 +11,7 @@ import { Redis, type RedisOptions } from "ioredis";
 
 import {
   InvalidArgumentError,
+  InvalidOptionError,
   InvalidParamsError,
   PayloadTooLargeError,
   RRQError,
@@ -18,50 +19,114 @@ import {
 import { LUA_SCRIPTS, type ScriptName } from "./gen/lua.js";
 import { type ChannelSubscription, type ChannelWaiter, SharedSubscriber } from "./waiting.js";
 
-export const QUEUES_KEY = "rrq:queues";
+/** The key prefix when none is configured (`key_prefix` in rrq.toml). */
+export const DEFAULT_PREFIX = "rrq";
+const PREFIX_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
 
-const queuePrefix = (queue: string): string => `rrq:{${queue}}`;
-
-/** `rrq:{<queue>}:job:`, the prefix of every job hash of a queue. */
-export const jobKeyPrefix = (queue: string): string => `${queuePrefix(queue)}:job:`;
-/** `rrq:{<queue>}:job:<id>`: the job record. */
-export const jobKey = (queue: string, jobId: string): string => jobKeyPrefix(queue) + jobId;
-/** `rrq:{<queue>}:due`: waiting job ids scored by run_at_ms. */
-export const dueKey = (queue: string): string => `${queuePrefix(queue)}:due`;
-/** `rrq:{<queue>}:active`: active job ids scored by lease deadline. */
-export const activeKey = (queue: string): string => `${queuePrefix(queue)}:active`;
-/** `rrq:{<queue>}:dlq`: dead-lettered job ids scored by time of death. */
-export const dlqKey = (queue: string): string => `${queuePrefix(queue)}:dlq`;
-/** `rrq:{<queue>}:unique:<key>`: id of the job holding a unique key. */
-export const uniqueKey = (queue: string, key: string): string => `${queuePrefix(queue)}:unique:${key}`;
-/** `rrq:{<queue>}:rate_limit:<key>`: set while a rate-limit window is closed. */
-export const rateLimitKey = (queue: string, key: string): string =>
-  `${queuePrefix(queue)}:rate_limit:${key}`;
-/** `rrq:{<queue>}:debounce:<key>`: the job waiting in an open debounce window. */
-export const debounceKey = (queue: string, key: string): string =>
-  `${queuePrefix(queue)}:debounce:${key}`;
-/** `rrq:{<queue>}:cancel`: ids of running jobs whose cancellation was requested. */
-export const cancelChannel = (queue: string): string => `${queuePrefix(queue)}:cancel`;
-/** `rrq:{<queue>}:wake`: published when a job of the queue becomes due. */
-export const wakeChannel = (queue: string): string => `${queuePrefix(queue)}:wake`;
-/** `rrq:{<queue>}:done:<id>`: published on the job's terminal transition. */
-export const doneChannel = (queue: string, jobId: string): string =>
-  `${queuePrefix(queue)}:done:${jobId}`;
+/**
+ * `prefix` when it is a valid key prefix: 1 to 64 characters of ASCII
+ * letters, digits, `_ - . :` (no braces, which would change the Redis Cluster
+ * hash slot, and no glob characters, since channel patterns are built from it).
+ */
+export function checkKeyPrefix(prefix: unknown): string {
+  if (typeof prefix !== "string" || !PREFIX_RE.test(prefix)) {
+    throw new InvalidOptionError(
+      `keyPrefix must be 1 to 64 characters of letters, digits, '_', '-', '.' and ':', got ${JSON.stringify(prefix)}`,
+      "keyPrefix",
+    );
+  }
+  return prefix;
+}
 
 /** An enqueue rule: none (""), unique, rate_limit or debounce. */
 export type EnqueueRule = "" | "unique" | "rate_limit" | "debounce";
 
-/** The Redis key of an enqueue rule. */
-export function ruleKey(rule: Exclude<EnqueueRule, "">, queue: string, key: string): string {
-  switch (rule) {
-    case "unique":
-      return uniqueKey(queue, key);
-    case "rate_limit":
-      return rateLimitKey(queue, key);
-    case "debounce":
-      return debounceKey(queue, key);
+/**
+ * Every key and channel name of one namespace: a key prefix in one database.
+ * Keys live in a database; Pub/Sub channels are server-wide, so every channel
+ * name carries the database as well as the prefix (`<prefix>:db<N>:{<queue>}:wake`).
+ * See docs/redis-schema.md.
+ */
+export class Keys {
+  readonly prefix: string;
+  readonly db: number;
+  readonly #keys: string;
+  readonly #channels: string;
+
+  constructor(prefix: string = DEFAULT_PREFIX, db = 0) {
+    this.prefix = checkKeyPrefix(prefix);
+    this.db = db;
+    this.#keys = `${prefix}:`;
+    this.#channels = `${prefix}:db${db}:`;
+  }
+
+  /** `<prefix>:queues`: every queue a producer has used. */
+  get queues(): string {
+    return `${this.#keys}queues`;
+  }
+  /** `<prefix>:ids`: job id -> record key, for ids the producer chose. */
+  get ids(): string {
+    return `${this.#keys}ids`;
+  }
+  /** The queue of a record key `<prefix>:{<queue>}:job:<id>`, or null. */
+  queueOfJobKey(key: string, jobId: string): string | null {
+    const head = `${this.#keys}{`;
+    const tail = `}:job:${jobId}`;
+    if (key.startsWith(head) && key.endsWith(tail) && key.length > head.length + tail.length) {
+      return key.slice(head.length, key.length - tail.length);
+    }
+    return null;
+  }
+  /** `<prefix>:{<queue>}:job:`, the prefix of every job hash of a queue. */
+  jobPrefix(queue: string): string {
+    return `${this.#keys}{${queue}}:job:`;
+  }
+  /** `<prefix>:{<queue>}:job:<id>`: the job record. */
+  job(queue: string, jobId: string): string {
+    return this.jobPrefix(queue) + jobId;
+  }
+  /** `<prefix>:{<queue>}:due`: waiting job ids scored by run_at_ms. */
+  due(queue: string): string {
+    return `${this.#keys}{${queue}}:due`;
+  }
+  /** `<prefix>:{<queue>}:active`: active job ids scored by lease deadline. */
+  active(queue: string): string {
+    return `${this.#keys}{${queue}}:active`;
+  }
+  /** `<prefix>:{<queue>}:dlq`: dead-lettered job ids scored by time of death. */
+  dlq(queue: string): string {
+    return `${this.#keys}{${queue}}:dlq`;
+  }
+  /** The key of an enqueue rule: `<prefix>:{<queue>}:<rule>:<key>`. */
+  rule(rule: Exclude<EnqueueRule, "">, queue: string, key: string): string {
+    return `${this.#keys}{${queue}}:${rule}:${key}`;
+  }
+  /** `<prefix>:db<N>:{<queue>}:cancel`: ids of running jobs whose cancellation was requested. */
+  cancelChannel(queue: string): string {
+    return `${this.#channels}{${queue}}:cancel`;
+  }
+  /** `<prefix>:db<N>:{<queue>}:wake`: published when a job of the queue becomes due. */
+  wakeChannel(queue: string): string {
+    return `${this.#channels}{${queue}}:wake`;
+  }
+  /** `<prefix>:db<N>:{<queue>}:done:<id>`: published on the job's terminal transition. */
+  doneChannel(queue: string, jobId: string): string {
+    return `${this.#channels}{${queue}}:done:${jobId}`;
   }
 }
+
+/** The default namespace (prefix `rrq`, database 0), for tools and tests. */
+export const DEFAULT_KEYS = new Keys();
+export const QUEUES_KEY = DEFAULT_KEYS.queues;
+export const jobKeyPrefix = (queue: string): string => DEFAULT_KEYS.jobPrefix(queue);
+export const jobKey = (queue: string, jobId: string): string => DEFAULT_KEYS.job(queue, jobId);
+export const dueKey = (queue: string): string => DEFAULT_KEYS.due(queue);
+export const activeKey = (queue: string): string => DEFAULT_KEYS.active(queue);
+export const dlqKey = (queue: string): string => DEFAULT_KEYS.dlq(queue);
+export const uniqueKey = (queue: string, key: string): string => DEFAULT_KEYS.rule("unique", queue, key);
+export const rateLimitKey = (queue: string, key: string): string => DEFAULT_KEYS.rule("rate_limit", queue, key);
+export const debounceKey = (queue: string, key: string): string => DEFAULT_KEYS.rule("debounce", queue, key);
+export const doneChannel = (queue: string, jobId: string): string => DEFAULT_KEYS.doneChannel(queue, jobId);
 
 // The error codes of docs/redis-schema.md ("Error codes"), the one source.
 const SCRIPT_ERRORS: Readonly<Record<string, new (message: string) => RRQError>> = {
@@ -99,6 +164,11 @@ export interface EnqueueArgs {
   readonly ruleKey: string;
   readonly ruleWindowMs: number;
   readonly debounceMaxWaitMs: number;
+  /**
+   * The producer chose `jobId`: register it in the id registry
+   * (`<prefix>:ids`), so that it names at most one job across every queue.
+   */
+  readonly registeredId?: boolean;
 }
 
 // enqueue.lua's reply codes.
@@ -113,7 +183,16 @@ export interface EnqueueReply {
   readonly code: number;
   readonly jobId: string;
   readonly value: number;
+  /** ENQUEUE_EXISTS_IN_QUEUE: the queue of the job that holds the id. */
+  readonly queue?: string;
 }
+
+/** A registered id is held by a job of another queue (`queue` in the reply). */
+export const ENQUEUE_EXISTS_IN_QUEUE = 5;
+/** The registry names a record in another queue: call again, passing it. */
+const ENQUEUE_ASK = 6;
+/** Rounds a registered id may take (the registry may name another record each time). */
+const REGISTRY_ROUNDS = 3;
 
 /** A job hash as HGETALL returns it (field name -> text). */
 export type JobHash = Readonly<Record<string, string>>;
@@ -155,11 +234,17 @@ function scriptSha(name: ScriptName): string {
 const asText = (value: unknown): string => (value === null || value === undefined ? "" : String(value));
 
 /** KEYS and ARGV of enqueue.lua for `args`. */
-function enqueueCall(args: EnqueueArgs): [string[], (string | number)[]] {
+function enqueueCall(names: Keys, args: EnqueueArgs, holder?: string): [string[], (string | number)[]] {
   const queue = args.queueName;
-  const keys = [jobKey(queue, args.jobId), dueKey(queue)];
+  const keys = [names.job(queue, args.jobId), names.due(queue)];
   if (args.rule !== "") {
-    keys.push(ruleKey(args.rule, queue, args.ruleKey), jobKeyPrefix(queue));
+    keys.push(names.rule(args.rule, queue, args.ruleKey), names.jobPrefix(queue));
+  }
+  // The id registry follows the rule's keys (KEYS[3] or KEYS[5]), then the
+  // record it named in an earlier round.
+  if (args.registeredId) {
+    keys.push(names.ids);
+    if (holder !== undefined) keys.push(holder);
   }
   const argv = [
     args.jobId,
@@ -174,7 +259,7 @@ function enqueueCall(args: EnqueueArgs): [string[], (string | number)[]] {
     args.traceParent,
     args.traceState,
     args.maxParamsBytes,
-    wakeChannel(queue),
+    names.wakeChannel(queue),
     args.rule,
     args.ruleKey,
     args.ruleWindowMs,
@@ -183,16 +268,18 @@ function enqueueCall(args: EnqueueArgs): [string[], (string | number)[]] {
   return [keys, argv];
 }
 
-const registering = (register: boolean, queue: string): PipelineCommand[] =>
-  register ? [["sadd", [QUEUES_KEY, queue]]] : [];
+const registering = (names: Keys, register: boolean, queue: string): PipelineCommand[] =>
+  register ? [["sadd", [names.queues, queue]]] : [];
 
 /** Key layout and scripts over one ioredis client. */
 export class Store {
   readonly redis: Redis;
+  readonly keys: Keys;
   #subscriber: SharedSubscriber | null = null;
 
-  constructor(redis: Redis) {
+  constructor(redis: Redis, keys: Keys = DEFAULT_KEYS) {
     this.redis = redis;
+    this.keys = keys;
   }
 
   /**
@@ -235,10 +322,24 @@ export class Store {
 
   /** Writes a job (enqueue.lua), preceded by `SADD rrq:queues <queue>` when asked. */
   async enqueue(args: EnqueueArgs, registerQueue: boolean): Promise<EnqueueReply> {
-    const [keys, argv] = enqueueCall(args);
-    const reply = await this.run("enqueue", keys, argv, registering(registerQueue, args.queueName));
-    const [code, jobId, value] = reply;
-    return { code: Number(code), jobId: asText(jobId), value: Number(value) };
+    let holder: string | undefined;
+    for (let round = 0; round < REGISTRY_ROUNDS; round++) {
+      const [keys, argv] = enqueueCall(this.keys, args, holder);
+      const reply = await this.run("enqueue", keys, argv, registering(this.keys, registerQueue, args.queueName));
+      const [code, second, value] = reply;
+      if (Number(code) === ENQUEUE_ASK) {
+        holder = asText(second);
+        continue;
+      }
+      if (Number(code) === ENQUEUE_EXISTS_IN_QUEUE && holder !== undefined) {
+        const queue = this.keys.queueOfJobKey(holder, args.jobId) ?? "";
+        return { code: ENQUEUE_EXISTS_IN_QUEUE, jobId: args.jobId, value: Number(value), queue };
+      }
+      return { code: Number(code), jobId: asText(second), value: Number(value) };
+    }
+    throw new RRQError(
+      `enqueue of ${JSON.stringify(args.jobId)}: the id registry named another record in each of ${REGISTRY_ROUNDS} rounds`,
+    );
   }
 
   /**
@@ -258,13 +359,13 @@ export class Store {
     if (head === undefined) return [];
     const first: EnqueueArgs = { ...shared, jobId: head[0], paramsJson: head[1] };
     if (more.length === 0) return [await this.enqueue(first, registerQueue)]; // one job answers as enqueue() does
-    const [keys, argv] = enqueueCall(first);
+    const [keys, argv] = enqueueCall(this.keys, first);
     for (const [jobId, paramsJson] of more) argv.push(jobId, paramsJson);
     const [runAt, ...statuses] = await this.run(
       "enqueue",
       keys,
       argv,
-      registering(registerQueue, first.queueName),
+      registering(this.keys, registerQueue, first.queueName),
     );
     const ids = [first.jobId, ...more.map(([jobId]) => jobId)];
     if (statuses.length !== ids.length) {
@@ -280,29 +381,28 @@ export class Store {
 
   /** Every registered queue name, sorted. */
   async queues(): Promise<string[]> {
-    const members = await this.redis.smembers(QUEUES_KEY);
+    const members = await this.redis.smembers(this.keys.queues);
     return members.sort();
   }
 
   /** [queue, status number] of the first queue holding `jobId`, in one round trip. */
-  async findStatus(jobId: string, queues: readonly string[]): Promise<[string, number] | null> {
-    if (queues.length === 0) return null;
-    const pipeline = this.redis.pipeline();
-    for (const queue of queues) pipeline.hget(jobKey(queue, jobId), "status");
-    const replies = (await pipeline.exec()) ?? [];
-    for (const [index, queue] of queues.entries()) {
-      const [error, status] = replies[index] ?? [null, null];
-      if (error) throw error;
-      if (status !== null && status !== undefined) return [queue, Number(status)];
-    }
-    return null;
+  /**
+   * [queue, job hash] of a job whose id the producer chose, through the id
+   * registry: one round trip however many queues there are.
+   */
+  async findRegisteredJob(jobId: string): Promise<[string, JobHash] | null> {
+    const key = await this.redis.hget(this.keys.ids, jobId);
+    const queue = key === null ? null : this.keys.queueOfJobKey(key, jobId);
+    if (queue === null) return null;
+    const fields = await this.getJob(queue, jobId);
+    return fields === null ? null : [queue, fields];
   }
 
   /** [queue, job hash] of the first queue holding `jobId`, in one round trip. */
   async findJob(jobId: string, queues: readonly string[]): Promise<[string, JobHash] | null> {
     if (queues.length === 0) return null;
     const pipeline = this.redis.pipeline();
-    for (const queue of queues) pipeline.hgetall(jobKey(queue, jobId));
+    for (const queue of queues) pipeline.hgetall(this.keys.job(queue, jobId));
     const replies = (await pipeline.exec()) ?? [];
     for (const [index, queue] of queues.entries()) {
       const [error, fields] = replies[index] ?? [null, null];
@@ -315,7 +415,7 @@ export class Store {
 
   /** The job hash, or null when it does not exist. */
   async getJob(queue: string, jobId: string): Promise<JobHash | null> {
-    const fields = await this.redis.hgetall(jobKey(queue, jobId));
+    const fields = await this.redis.hgetall(this.keys.job(queue, jobId));
     return Object.keys(fields).length > 0 ? fields : null;
   }
 
@@ -328,8 +428,8 @@ export class Store {
   ): Promise<[number, number]> {
     const [code, status] = await this.run(
       "cancel",
-      [jobKey(queue, jobId), dueKey(queue)],
-      [jobId, reason, defaultResultTtlMs, doneChannel(queue, jobId), cancelChannel(queue)],
+      [this.keys.job(queue, jobId), this.keys.due(queue)],
+      [jobId, reason, defaultResultTtlMs, this.keys.doneChannel(queue, jobId), this.keys.cancelChannel(queue)],
     );
     return [Number(code), Number(status)];
   }
@@ -350,7 +450,7 @@ export class Store {
     this.#subscriber ??= new SharedSubscriber(() =>
       this.redis.duplicate({ lazyConnect: true, maxRetriesPerRequest: null, enableReadyCheck: false }),
     );
-    return this.#subscriber.subscribe(doneChannel(queue, jobId), waiter);
+    return this.#subscriber.subscribe(this.keys.doneChannel(queue, jobId), waiter);
   }
 
   /** Closes the subscriber connection (failing its waiters) and the connection. */

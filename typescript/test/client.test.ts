@@ -13,6 +13,7 @@ import {
   ulid,
   WaitTimeoutError,
 } from "../src/index.js";
+import { MAX_DURATION_MS, MAX_RETRIES } from "../src/gen/limits.js";
 import { nothingWritten, type RedisServer, rejectsWith, startRedis } from "./helpers.js";
 
 let redis: RedisServer;
@@ -77,6 +78,19 @@ describe("validation: nothing is written on rejection", () => {
     ["missing debounce window", () => client.enqueueWithDebounce("f", { debounceKey: "k" } as never), InvalidOptionError, "debounceSeconds"],
     ["max wait below window", () => client.enqueueWithDebounce("f", { debounceKey: "k", debounceSeconds: 2, debounceMaxWaitSeconds: 1 }), InvalidOptionError, "debounceMaxWaitSeconds"],
     ["options not an object", () => client.enqueue("f", 5 as never), InvalidOptionError, "options"],
+    // Ranges (rust/rrq-store/limits.toml): checked before the first write.
+    ["retries over the limit", () => client.enqueue("f", { maxRetries: MAX_RETRIES + 1 }), InvalidOptionError, "maxRetries"],
+    ["huge retries", () => client.enqueue("f", { maxRetries: Number.MAX_SAFE_INTEGER }), InvalidOptionError, "maxRetries"],
+    ["huge timeout", () => client.enqueue("f", { jobTimeoutSeconds: Number.MAX_SAFE_INTEGER }), InvalidOptionError, "jobTimeoutSeconds"],
+    ["ttl of 1e14 s", () => client.enqueue("f", { resultTtlSeconds: 1e14 }), InvalidOptionError, "resultTtlSeconds"],
+    ["defer past the limit", () => client.enqueue("f", { deferBySeconds: MAX_DURATION_MS / 1000 + 1 }), InvalidOptionError, "deferBySeconds"],
+    ["date in 9999", () => client.enqueue("f", { deferUntil: new Date("9999-01-01T00:00:00Z") }), InvalidOptionError, "deferUntil"],
+    ["huge unique ttl", () => client.enqueueWithUniqueKey("f", "k", { uniqueTtlSeconds: 1e300 }), InvalidOptionError, "uniqueTtlSeconds"],
+    ["huge rate limit window", () => client.enqueueWithRateLimit("f", { rateLimitKey: "k", rateLimitSeconds: 1e18 }), InvalidOptionError, "rateLimitSeconds"],
+    ["huge debounce max wait", () => client.enqueueWithDebounce("f", { debounceKey: "k", debounceSeconds: 1, debounceMaxWaitSeconds: 1e18 }), InvalidOptionError, "debounceMaxWaitSeconds"],
+    ["lone surrogate in function name", () => client.enqueue("f\udcff"), InvalidOptionError, "functionName"],
+    ["lone surrogate in queue", () => client.enqueue("f", { queueName: "q\ud800" }), InvalidOptionError, "queueName"],
+    ["lone surrogate in job id", () => client.enqueue("f", { jobId: "\udcffid" }), InvalidOptionError, "jobId"],
   ];
   for (const [name, call, ErrorType, option] of cases) {
     test(name, async () => {
@@ -150,14 +164,41 @@ describe("enqueue", () => {
   test("an explicit job id is unique across queues", async () => {
     const id = `job-${queue()}`;
     assert.equal(await client.enqueue("f", { jobId: id, queueName: queue() }), id);
+    // A producer registers a queue before its first enqueue there (so that a
+    // crash cannot leave a job in an unknown queue): register this one first.
+    const other = queue();
+    await client.enqueue("f", { queueName: other });
     await unwritten(async () => {
       await assert.rejects(client.enqueue("f", { jobId: id }), (error: unknown) => {
         assert.ok(error instanceof DuplicateJobError);
         assert.equal(error.status, JobStatus.PENDING);
         return true;
       });
-      await assert.rejects(client.enqueue("f", { jobId: id, queueName: queue() }), DuplicateJobError);
+      await assert.rejects(client.enqueue("f", { jobId: id, queueName: other }), DuplicateJobError);
     });
+  });
+
+  test("one id raced into two queues makes one job", async () => {
+    const other = new RRQClient({ config: { redisDsn: redis.dsn } });
+    try {
+      for (let n = 0; n < 20; n++) {
+        const id = `race-${queue()}`;
+        const [qa, qb] = [queue(), queue()];
+        const results = await Promise.allSettled([
+          client.enqueue("f", { jobId: id, queueName: qa }),
+          other.enqueue("f", { jobId: id, queueName: qb }),
+        ]);
+        const won = results.filter((r) => r.status === "fulfilled");
+        const lost = results.filter((r): r is PromiseRejectedResult => r.status === "rejected");
+        assert.equal(won.length, 1);
+        assert.equal(lost.length, 1);
+        assert.ok(lost[0]?.reason instanceof DuplicateJobError);
+        const winner = results[0]?.status === "fulfilled" ? qa : qb;
+        assert.equal((lost[0]?.reason as DuplicateJobError).queueName, winner);
+      }
+    } finally {
+      await other.close();
+    }
   });
 
   test("a unique key returns the holder's id", async () => {

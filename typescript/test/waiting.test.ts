@@ -9,6 +9,7 @@ import { after, before, test } from "node:test";
 import { Redis } from "ioredis";
 
 import { JobStatus, RRQClient, RRQError, WaitTimeoutError } from "../src/index.js";
+import { doneChannel } from "../src/store.js";
 import type { ChannelSubscription } from "../src/waiting.js";
 import { CommandLog, command, type MonitoredCommand, type RedisServer, startRedis } from "./helpers.js";
 
@@ -20,7 +21,6 @@ let log: CommandLog;
 let counter = 0;
 const queue = (): string => `wait${process.pid}-${++counter}`;
 const jobKey = (q: string, id: string): string => `rrq:{${q}}:job:${id}`;
-const doneChannel = (q: string, id: string): string => `rrq:{${q}}:done:${id}`;
 
 before(async () => {
   redis = await startRedis();

@@ -18,6 +18,7 @@ from typing import Any, Final, NoReturn, Self
 import redis.asyncio as aioredis
 
 from rrq import _tracing, _wire
+from rrq._limits import MAX_DURATION_MS, MAX_RETRIES
 from rrq._resp import use_fast_packing
 from rrq._waiting import DoneSubscriptions
 from rrq.config import ClientConfig, load_config
@@ -31,11 +32,12 @@ from rrq.exceptions import (
 from rrq.job import JobResult
 from rrq.store import (
     ENQUEUE_EXISTS,
+    ENQUEUE_EXISTS_IN_QUEUE,
     ENQUEUE_RATE_LIMITED,
     EnqueueArgs,
     EnqueueReply,
+    Keys,
     Store,
-    done_channel,
 )
 
 __all__ = [
@@ -138,13 +140,31 @@ def _redis_from_dsn(dsn: str) -> aioredis.Redis:
     return redis
 
 
+_MAX_SECONDS: Final = MAX_DURATION_MS // 1000
+
+
+def _shown(value: object) -> str:
+    """``value`` for an error message; a huge int is not printed whole."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of about {value.bit_length() * 3 // 10} digits"
+    return repr(value)
+
+
 def _seconds_to_ms(name: str, value: object, *, positive: bool) -> int:
+    """``value`` seconds as whole ms, within 0 (0.001 when ``positive``) and
+    MAX_DURATION_MS; anything else is an InvalidOptionError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidOptionError(f"{name} must be a number of seconds, got {value!r}", option=name)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+    # Compared before any float conversion: 10**400 is out of range, not an OverflowError.
+    in_range = (value >= 0 if isinstance(value, int) else math.isfinite(value) and value >= 0) and (
+        value <= _MAX_SECONDS
+    )
+    if not in_range or (positive and value == 0):
         bound = "positive" if positive else "non-negative"
         raise InvalidOptionError(
-            f"{name} must be a finite {bound} number, got {value!r}", option=name
+            f"{name} must be a finite {bound} number of seconds, at most {_MAX_SECONDS:,} "
+            f"(3,650 days), got {_shown(value)}",
+            option=name,
         )
     ms = round(value * 1000)
     if positive and ms == 0:
@@ -164,12 +184,30 @@ def _datetime_to_ms(value: object) -> int:
         raise InvalidOptionError(
             f"defer_until must not be before 1970, got {value!r}", option="defer_until"
         )
+    # enqueue.lua checks this against Redis's clock; this copy catches it
+    # before a round trip (a producer's clock is only an estimate of Redis's).
+    if ms > time.time() * 1000 + MAX_DURATION_MS:
+        raise InvalidOptionError(
+            f"defer_until must be at most 3,650 days from now, got {value!r}",
+            option="defer_until",
+        )
     return ms
 
 
 def _nonempty_str(name: str, value: object) -> str:
+    """A non-empty string that has a UTF-8 form (Redis stores bytes: a lone
+    surrogate, as ``surrogateescape`` makes, has none)."""
     if not isinstance(value, str) or not value:
         raise InvalidOptionError(f"{name} must be a non-empty string, got {value!r}", option=name)
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidOptionError(
+                f"{name} must be valid Unicode text; it holds a lone surrogate at index "
+                f"{exc.start}: {value!r}",
+                option=name,
+            ) from None
     return value
 
 
@@ -252,7 +290,8 @@ class RRQClient:
         """The Redis store (connects lazily)."""
         if self._store is None:
             self._redis = _redis_from_dsn(self.config.redis_dsn)
-            self._store = Store(self._redis)
+            db = int(self._redis.connection_pool.connection_kwargs.get("db", 0) or 0)
+            self._store = Store(self._redis, Keys(self.config.key_prefix, db))
         return self._store
 
     async def __aenter__(self) -> Self:
@@ -335,9 +374,14 @@ class RRQClient:
         max_retries = options.get("max_retries")
         if max_retries is None:
             max_retries = self.config.default_max_retries
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        if (
+            isinstance(max_retries, bool)
+            or not isinstance(max_retries, int)
+            or not 0 <= max_retries <= MAX_RETRIES
+        ):
             raise InvalidOptionError(
-                f"max_retries must be a non-negative integer, got {max_retries!r}",
+                f"max_retries must be an integer from 0 to {MAX_RETRIES:,}, "
+                f"got {_shown(max_retries)}",
                 option="max_retries",
             )
 
@@ -372,11 +416,9 @@ class RRQClient:
         """Runs enqueue.lua for validated args (inside a PRODUCER span when tracing)."""
         store = self.store
         if explicit_id:
-            others = [q for q in await store.queues() if q != args.queue_name]
-            found = await store.find_status(args.job_id, others)
-            if found is not None:
-                queue, number = found
-                raise DuplicateJobError(args.job_id, _wire.job_status_from_number(number), queue)
+            # A chosen id names one job across every queue: enqueue.lua checks
+            # the id registry and writes the job in one step.
+            args = dataclasses.replace(args, registered_id=True)
         register = args.queue_name not in self._registered_queues
         tracer = _tracing.get_tracer()
         if tracer is None:
@@ -396,6 +438,9 @@ class RRQClient:
         if reply.code == ENQUEUE_EXISTS:
             status = _wire.job_status_from_number(reply.value)
             raise DuplicateJobError(args.job_id, status, args.queue_name)
+        if reply.code == ENQUEUE_EXISTS_IN_QUEUE:
+            status = _wire.job_status_from_number(reply.value)
+            raise DuplicateJobError(args.job_id, status, reply.queue)
         if reply.job_id:
             self._remember(reply.job_id, args.queue_name)
         return reply
@@ -606,7 +651,9 @@ class RRQClient:
             fields = await store.get_job(queue, job_id)
             if fields is not None:
                 return queue, fields
-        found = await store.find_job(job_id, await store.queues())
+        found = await store.find_registered_job(job_id)
+        if found is None:
+            found = await store.find_job(job_id, await store.queues())
         if found is not None:
             self._remember(job_id, found[0])
         return found
@@ -634,7 +681,7 @@ class RRQClient:
                 raise JobNotFoundError(job_id)
             queue = found[0]
             store = self.store
-            channel = done_channel(queue, job_id)
+            channel = store.keys.done_channel(queue, job_id)
             async with self._done.subscribed(store.redis, channel) as pubsub:
                 while True:
                     fields = await store.get_job(queue, job_id)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rrq.exceptions import ConfigError
+from rrq.exceptions import ConfigError, InvalidOptionError
+from rrq.store import check_key_prefix
 
 __all__ = ["ClientConfig", "load_config"]
 
@@ -34,6 +35,7 @@ class ClientConfig:
     max_payload_bytes: int = 1024 * 1024
     default_result_ttl_seconds: float = 86_400.0
     default_unique_job_lock_ttl_seconds: float = 21_600.0
+    key_prefix: str = "rrq"
 
 
 def _number(key: str, value: object) -> float:
@@ -87,6 +89,11 @@ def _from_table(table: Mapping[str, Any]) -> ClientConfig:
             "default_unique_job_lock_ttl_seconds", defaults.default_unique_job_lock_ttl_seconds
         ),
     )
+    prefix = table.get("key_prefix", defaults.key_prefix)
+    try:
+        check_key_prefix(prefix)
+    except InvalidOptionError as exc:
+        raise ConfigError(f"rrq.{exc}") from None
     env_dsn = os.environ.get(REDIS_DSN_ENV)
     if env_dsn:
         dsn = env_dsn
@@ -97,6 +104,7 @@ def _from_table(table: Mapping[str, Any]) -> ClientConfig:
         max_payload_bytes=payload,
         default_result_ttl_seconds=result_ttl,
         default_unique_job_lock_ttl_seconds=unique_ttl,
+        key_prefix=prefix,
     )
 
 

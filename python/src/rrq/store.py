@@ -9,6 +9,7 @@ again when Redis answers NOSCRIPT.
 from __future__ import annotations
 
 import importlib.resources
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, NoReturn, TypeVar, cast
@@ -21,19 +22,23 @@ from redis.exceptions import NoScriptError, ResponseError
 from rrq._script_link import ScriptLink
 from rrq.exceptions import (
     InvalidArgumentError,
+    InvalidOptionError,
     InvalidParamsError,
     PayloadTooLargeError,
     RRQError,
 )
 
 __all__ = [
+    "DEFAULT_KEYS",
     "QUEUES_KEY",
     "SCRIPT_ERRORS",
     "EnqueueArgs",
     "EnqueueReply",
+    "Keys",
     "Store",
     "active_key",
     "cancel_channel",
+    "check_key_prefix",
     "debounce_key",
     "debounce_key_prefix",
     "dlq_key",
@@ -48,87 +53,141 @@ __all__ = [
     "wake_channel",
 ]
 
-QUEUES_KEY: Final = "rrq:queues"
+DEFAULT_PREFIX: Final = "rrq"
+_PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
-def _queue_prefix(queue: str) -> str:
-    return f"rrq:{{{queue}}}"
+def check_key_prefix(prefix: object) -> str:
+    """``prefix`` when it is a valid key prefix, else InvalidOptionError.
+
+    1 to 64 characters of ASCII letters, digits, ``_ - . :``: no braces (they
+    would change the Redis Cluster hash slot), no glob characters (channel
+    patterns are built from it).
+    """
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
+        raise InvalidOptionError(
+            "key_prefix must be 1 to 64 characters of letters, digits, '_', '-', '.' "
+            f"and ':', got {prefix!r}",
+            option="key_prefix",
+        )
+    return prefix
 
 
-def job_key_prefix(queue: str) -> str:
-    """``rrq:{<queue>}:job:``, the prefix of every job hash of a queue."""
-    return f"{_queue_prefix(queue)}:job:"
+class Keys:
+    """Every key and channel name of one namespace: a key prefix in one database.
+
+    Keys live in a database, so applications apart by database or by prefix
+    never share a key. Pub/Sub channels are server-wide, whatever the
+    database, so every channel name carries the database as well as the
+    prefix: ``<prefix>:db<N>:{<queue>}:wake``. See docs/redis-schema.md.
+    """
+
+    __slots__ = ("_channels", "_keys", "db", "prefix")
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX, db: int = 0) -> None:
+        self.prefix = check_key_prefix(prefix)
+        self.db = db
+        self._keys = f"{prefix}:"
+        self._channels = f"{prefix}:db{db}:"
+
+    @property
+    def queues(self) -> str:
+        """``<prefix>:queues``: every queue a producer has used."""
+        return f"{self._keys}queues"
+
+    @property
+    def ids(self) -> str:
+        """``<prefix>:ids``: job id -> record key, for ids the producer chose."""
+        return f"{self._keys}ids"
+
+    def queue_of_job_key(self, key: str, job_id: str) -> str | None:
+        """The queue of a record key ``<prefix>:{<queue>}:job:<id>``, if it is one."""
+        head, tail = f"{self._keys}{{", f"}}:job:{job_id}"
+        if key.startswith(head) and key.endswith(tail) and len(key) > len(head) + len(tail):
+            return key[len(head) : -len(tail)]
+        return None
+
+    def job_prefix(self, queue: str) -> str:
+        """``<prefix>:{<queue>}:job:``, the prefix of every job hash of a queue."""
+        return f"{self._keys}{{{queue}}}:job:"
+
+    def job(self, queue: str, job_id: str) -> str:
+        """``<prefix>:{<queue>}:job:<id>``: the job record."""
+        return f"{self._keys}{{{queue}}}:job:{job_id}"
+
+    def due(self, queue: str) -> str:
+        """``<prefix>:{<queue>}:due``: waiting job ids scored by run_at_ms."""
+        return f"{self._keys}{{{queue}}}:due"
+
+    def active(self, queue: str) -> str:
+        """``<prefix>:{<queue>}:active``: active job ids scored by lease deadline."""
+        return f"{self._keys}{{{queue}}}:active"
+
+    def dlq(self, queue: str) -> str:
+        """``<prefix>:{<queue>}:dlq``: dead-lettered job ids scored by time of death."""
+        return f"{self._keys}{{{queue}}}:dlq"
+
+    def unique(self, queue: str, key: str) -> str:
+        """``<prefix>:{<queue>}:unique:<key>``: id of the job holding a unique key."""
+        return f"{self._keys}{{{queue}}}:unique:{key}"
+
+    def rate_limit(self, queue: str, key: str) -> str:
+        """``<prefix>:{<queue>}:rate_limit:<key>``: set while a rate-limit window is closed."""
+        return f"{self._keys}{{{queue}}}:rate_limit:{key}"
+
+    def debounce_prefix(self, queue: str) -> str:
+        """``<prefix>:{<queue>}:debounce:``, the prefix of every debounce pointer."""
+        return f"{self._keys}{{{queue}}}:debounce:"
+
+    def debounce(self, queue: str, key: str) -> str:
+        """``<prefix>:{<queue>}:debounce:<key>``: the job waiting in an open window."""
+        return self.debounce_prefix(queue) + key
+
+    def rule(self, rule: str, queue: str, key: str) -> str:
+        """The key of an enqueue rule (``unique``, ``rate_limit`` or ``debounce``)."""
+        if rule == "unique":
+            return self.unique(queue, key)
+        if rule == "rate_limit":
+            return self.rate_limit(queue, key)
+        if rule == "debounce":
+            return self.debounce(queue, key)
+        raise ValueError(f"unknown enqueue rule {rule!r}")
+
+    def cancel_channel(self, queue: str) -> str:
+        """``<prefix>:db<N>:{<queue>}:cancel``: ids of running jobs to cancel."""
+        return f"{self._channels}{{{queue}}}:cancel"
+
+    def wake_channel(self, queue: str) -> str:
+        """``<prefix>:db<N>:{<queue>}:wake``: published when a job becomes due."""
+        return f"{self._channels}{{{queue}}}:wake"
+
+    def done_channel_prefix(self, queue: str) -> str:
+        """``<prefix>:db<N>:{<queue>}:done:``."""
+        return f"{self._channels}{{{queue}}}:done:"
+
+    def done_channel(self, queue: str, job_id: str) -> str:
+        """``<prefix>:db<N>:{<queue>}:done:<id>``: published on the job's terminal transition."""
+        return self.done_channel_prefix(queue) + job_id
 
 
-def job_key(queue: str, job_id: str) -> str:
-    """``rrq:{<queue>}:job:<id>``: the job record."""
-    return job_key_prefix(queue) + job_id
-
-
-def due_key(queue: str) -> str:
-    """``rrq:{<queue>}:due``: waiting job ids scored by run_at_ms."""
-    return f"{_queue_prefix(queue)}:due"
-
-
-def active_key(queue: str) -> str:
-    """``rrq:{<queue>}:active``: active job ids scored by lease deadline."""
-    return f"{_queue_prefix(queue)}:active"
-
-
-def dlq_key(queue: str) -> str:
-    """``rrq:{<queue>}:dlq``: dead-lettered job ids scored by time of death."""
-    return f"{_queue_prefix(queue)}:dlq"
-
-
-def unique_key(queue: str, key: str) -> str:
-    """``rrq:{<queue>}:unique:<key>``: id of the job holding a unique key."""
-    return f"{_queue_prefix(queue)}:unique:{key}"
-
-
-def rate_limit_key(queue: str, key: str) -> str:
-    """``rrq:{<queue>}:rate_limit:<key>``: set while a rate-limit window is closed."""
-    return f"{_queue_prefix(queue)}:rate_limit:{key}"
-
-
-def debounce_key_prefix(queue: str) -> str:
-    """``rrq:{<queue>}:debounce:``, the prefix of every debounce pointer of a queue."""
-    return f"{_queue_prefix(queue)}:debounce:"
-
-
-def debounce_key(queue: str, key: str) -> str:
-    """``rrq:{<queue>}:debounce:<key>``: the job waiting in an open debounce window."""
-    return debounce_key_prefix(queue) + key
-
-
-def rule_key(rule: str, queue: str, key: str) -> str:
-    """The Redis key of an enqueue rule (``unique``, ``rate_limit`` or ``debounce``)."""
-    if rule == "unique":
-        return unique_key(queue, key)
-    if rule == "rate_limit":
-        return rate_limit_key(queue, key)
-    if rule == "debounce":
-        return debounce_key(queue, key)
-    raise ValueError(f"unknown enqueue rule {rule!r}")
-
-
-def cancel_channel(queue: str) -> str:
-    """``rrq:{<queue>}:cancel``: ids of running jobs whose cancellation was requested."""
-    return f"{_queue_prefix(queue)}:cancel"
-
-
-def wake_channel(queue: str) -> str:
-    """``rrq:{<queue>}:wake``: published when a job of the queue becomes due."""
-    return f"{_queue_prefix(queue)}:wake"
-
-
-def done_channel_prefix(queue: str) -> str:
-    """``rrq:{<queue>}:done:``."""
-    return f"{_queue_prefix(queue)}:done:"
-
-
-def done_channel(queue: str, job_id: str) -> str:
-    """``rrq:{<queue>}:done:<id>``: published on the job's terminal transition."""
-    return done_channel_prefix(queue) + job_id
+# The default namespace (prefix ``rrq``, database 0), for tools and tests
+# that build key names without a client.
+DEFAULT_KEYS: Final = Keys()
+QUEUES_KEY: Final = DEFAULT_KEYS.queues
+job_key_prefix = DEFAULT_KEYS.job_prefix
+job_key = DEFAULT_KEYS.job
+due_key = DEFAULT_KEYS.due
+active_key = DEFAULT_KEYS.active
+dlq_key = DEFAULT_KEYS.dlq
+unique_key = DEFAULT_KEYS.unique
+rate_limit_key = DEFAULT_KEYS.rate_limit
+debounce_key_prefix = DEFAULT_KEYS.debounce_prefix
+debounce_key = DEFAULT_KEYS.debounce
+rule_key = DEFAULT_KEYS.rule
+cancel_channel = DEFAULT_KEYS.cancel_channel
+wake_channel = DEFAULT_KEYS.wake_channel
+done_channel_prefix = DEFAULT_KEYS.done_channel_prefix
+done_channel = DEFAULT_KEYS.done_channel
 
 
 # The error codes of docs/redis-schema.md ("Error codes"), the one source.
@@ -182,6 +241,9 @@ class EnqueueArgs:
     rule_key: str = ""
     rule_window_ms: int = 0
     debounce_max_wait_ms: int = 0
+    # The producer chose job_id: register it in the id registry, so that it
+    # names at most one job across every queue of the prefix.
+    registered_id: bool = False
 
 
 # enqueue.lua's reply codes.
@@ -190,6 +252,12 @@ ENQUEUE_CREATED: Final = 1
 ENQUEUE_UNIQUE_HELD: Final = 2
 ENQUEUE_RATE_LIMITED: Final = 3
 ENQUEUE_DEBOUNCED: Final = 4
+ENQUEUE_EXISTS_IN_QUEUE: Final = 5
+# The registry names a record in another queue: call again, passing it.
+_ENQUEUE_ASK: Final = 6
+# Rounds a registered id may take before the answer is a protocol error (the
+# registry may name another record each time: one expiring, another producer).
+_REGISTRY_ROUNDS: Final = 3
 
 
 class SettleArgs(NamedTuple):
@@ -212,13 +280,17 @@ class EnqueueReply:
     ``code`` is one of the ``ENQUEUE_*`` constants: CREATED (``value`` is the
     run time in ms), EXISTS (the id existed; ``value`` is its status number),
     UNIQUE_HELD (``job_id`` holds the key; ``value`` its status number, 0 when
-    its record expired), RATE_LIMITED (nothing written) or DEBOUNCED (the
-    waiting ``job_id`` took the new params; ``value`` is its new run time).
+    its record expired), RATE_LIMITED (nothing written), DEBOUNCED (the
+    waiting ``job_id`` took the new params; ``value`` is its new run time) or
+    EXISTS_IN_QUEUE (a registered id is held by a job of ``queue``; ``value``
+    is its status number).
     """
 
     code: int
     job_id: str
     value: int
+    # EXISTS_IN_QUEUE: the queue of the job that holds the id.
+    queue: str = ""
 
     @property
     def created(self) -> bool:
@@ -232,8 +304,9 @@ _T = TypeVar("_T")
 class Store:
     """Key layout and scripts over one redis-py asyncio client."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys = DEFAULT_KEYS) -> None:
         self.redis = redis
+        self.keys = keys
         self._scripts: dict[str, AsyncScript] = {}
         self._loaded: set[str] = set()
         # Loaded scripts' EVALSHA go through this lean connection when the
@@ -342,22 +415,46 @@ class Store:
         raise RRQError(f"script {name} could not be loaded")  # pragma: no cover
 
     async def _run_enqueue(
-        self, args: EnqueueArgs, more: Sequence[tuple[str, str]], *, register_queue: bool
+        self,
+        args: EnqueueArgs,
+        more: Sequence[tuple[str, str]],
+        *,
+        register_queue: bool,
+        holder: str | None = None,
     ) -> list[Any]:
         """enqueue.lua for ``args`` and the ``more`` (id, params) pairs, preceded by
-        ``SADD rrq:queues`` when asked; its raw reply."""
+        ``SADD <prefix>:queues`` when asked; its raw reply."""
         before: list[tuple[str, Sequence[Any]]] = []
         if register_queue:
-            before.append(("SADD", (QUEUES_KEY, args.queue_name)))
-        keys, argv = _enqueue_call(args)
+            before.append(("SADD", (self.keys.queues, args.queue_name)))
+        keys, argv = _enqueue_call(self.keys, args, holder)
         for job_id, params_json in more:
             argv += [job_id, params_json]
         return await self._run("enqueue", keys, argv, before=before)
 
     async def enqueue(self, args: EnqueueArgs, *, register_queue: bool) -> EnqueueReply:
-        """Writes a job (enqueue.lua), preceded by ``SADD rrq:queues`` when asked."""
-        code, job_id, value = await self._run_enqueue(args, (), register_queue=register_queue)
-        return EnqueueReply(int(code), _text(job_id), int(value))
+        """Writes a job (enqueue.lua), preceded by ``SADD <prefix>:queues`` when asked.
+
+        A registered id whose registry entry names a record in another queue
+        takes a second round, passing that record's key to the script.
+        """
+        holder: str | None = None
+        for _ in range(_REGISTRY_ROUNDS):
+            code, second, value = await self._run_enqueue(
+                args, (), register_queue=register_queue, holder=holder
+            )
+            code = int(code)
+            if code == _ENQUEUE_ASK:
+                holder = _text(second)
+                continue
+            if code == ENQUEUE_EXISTS_IN_QUEUE and holder is not None:
+                queue = self.keys.queue_of_job_key(holder, args.job_id)
+                return EnqueueReply(code, args.job_id, int(value), queue or "")
+            return EnqueueReply(code, _text(second), int(value))
+        raise RRQError(
+            f"enqueue of {args.job_id!r}: the id registry named another record "
+            f"in each of {_REGISTRY_ROUNDS} rounds"
+        )
 
     async def enqueue_many(
         self, first: EnqueueArgs, more: Sequence[tuple[str, str]], *, register_queue: bool
@@ -381,20 +478,18 @@ class Store:
 
     async def queues(self) -> list[str]:
         """Every registered queue name, sorted."""
-        members = await self._read(lambda: self.redis.smembers(QUEUES_KEY))
+        members = await self._read(lambda: self.redis.smembers(self.keys.queues))
         return sorted(_text(m) for m in members)
 
-    async def find_status(self, job_id: str, queues: Sequence[str]) -> tuple[str, int] | None:
-        """(queue, status number) of the first queue holding ``job_id``, in one round trip."""
-        if not queues:
+    async def find_registered_job(self, job_id: str) -> tuple[str, dict[bytes, bytes]] | None:
+        """(queue, job hash) of a job whose id the producer chose, through the id
+        registry: one round trip however many queues there are."""
+        key = await self._read(lambda: self.redis.hget(self.keys.ids, job_id))
+        queue = None if key is None else self.keys.queue_of_job_key(_text(key), job_id)
+        if queue is None:
             return None
-        replies = await self._read_pipelined(
-            [("HGET", job_key(queue, job_id), "status") for queue in queues]
-        )
-        for queue, status in zip(queues, replies, strict=True):
-            if status is not None:
-                return queue, int(status)
-        return None
+        fields = await self.get_job(queue, job_id)
+        return None if fields is None else (queue, fields)
 
     async def find_job(
         self, job_id: str, queues: Sequence[str]
@@ -403,7 +498,7 @@ class Store:
         if not queues:
             return None
         replies = await self._read_pipelined(
-            [("HGETALL", job_key(queue, job_id)) for queue in queues]
+            [("HGETALL", self.keys.job(queue, job_id)) for queue in queues]
         )
         for queue, fields in zip(queues, replies, strict=True):
             if fields:
@@ -412,14 +507,19 @@ class Store:
 
     async def get_job(self, queue: str, job_id: str) -> dict[bytes, bytes] | None:
         """The job hash, or None when it does not exist."""
-        fields = await self._read(lambda: self.redis.hgetall(job_key(queue, job_id)))
+        fields = await self._read(lambda: self.redis.hgetall(self.keys.job(queue, job_id)))
         return cast("dict[bytes, bytes]", fields) or None
 
     async def claim(self, queue: str, *, owner: str, lease_ms: int, max_jobs: int = 1) -> list[Any]:
         """Runs claim.lua (used by tests that play the orchestrator)."""
         return await self._run(
             "claim",
-            [due_key(queue), active_key(queue), job_key_prefix(queue), debounce_key_prefix(queue)],
+            [
+                self.keys.due(queue),
+                self.keys.active(queue),
+                self.keys.job_prefix(queue),
+                self.keys.debounce_prefix(queue),
+            ],
             [max_jobs, owner, lease_ms],
         )
 
@@ -463,13 +563,18 @@ class Store:
         args: list[Any] = [
             default_result_ttl_ms,
             dlq_retention_ms,
-            wake_channel(queue),
-            done_channel_prefix(queue),
+            self.keys.wake_channel(queue),
+            self.keys.done_channel_prefix(queue),
         ]
         for s in settles:
             args += [s.job_id, s.attempt, s.owner, s.action, s.payload, s.error_type]
             args += [s.retry_delay_ms, s.traceback]
-        keys = [due_key(queue), active_key(queue), dlq_key(queue), job_key_prefix(queue)]
+        keys = [
+            self.keys.due(queue),
+            self.keys.active(queue),
+            self.keys.dlq(queue),
+            self.keys.job_prefix(queue),
+        ]
         flat = await self._run("settle", keys, args)
         return [list(flat[i : i + 3]) for i in range(0, len(flat), 3)]
 
@@ -479,13 +584,13 @@ class Store:
         """Runs cancel.lua: ``(code, status)``; 1 cancelled, 2 requested, 0 finished, -1 unknown."""
         code, status = await self._run(
             "cancel",
-            [job_key(queue, job_id), due_key(queue)],
+            [self.keys.job(queue, job_id), self.keys.due(queue)],
             [
                 job_id,
                 reason,
                 default_result_ttl_ms,
-                done_channel(queue, job_id),
-                cancel_channel(queue),
+                self.keys.done_channel(queue, job_id),
+                self.keys.cancel_channel(queue),
             ],
         )
         return int(code), int(status)
@@ -495,26 +600,28 @@ class Store:
         entries = cast(
             "list[tuple[bytes, float]]",
             await self._read(
-                lambda: self.redis.zrange(dlq_key(queue), start, start + count - 1, withscores=True)
+                lambda: self.redis.zrange(
+                    self.keys.dlq(queue), start, start + count - 1, withscores=True
+                )
             ),
         )
         return [(_text(member), float(score)) for member, score in entries]
 
     async def dlq_size(self, queue: str) -> int:
         """Number of dead-letter entries of the queue."""
-        return int(await self._read(lambda: self.redis.zcard(dlq_key(queue))))
+        return int(await self._read(lambda: self.redis.zcard(self.keys.dlq(queue))))
 
     async def dlq_prune(self, queue: str, job_ids: Sequence[str]) -> None:
         """Removes dead-letter entries (whose record expired)."""
         if job_ids:
-            await self.redis.zrem(dlq_key(queue), *job_ids)
+            await self.redis.zrem(self.keys.dlq(queue), *job_ids)
 
     async def get_jobs(self, queue: str, job_ids: Sequence[str]) -> list[dict[bytes, bytes] | None]:
         """The job hashes of ``job_ids`` in one round trip (None for a missing one)."""
         if not job_ids:
             return []
         replies = await self._read_pipelined(
-            [("HGETALL", job_key(queue, job_id)) for job_id in job_ids]
+            [("HGETALL", self.keys.job(queue, job_id)) for job_id in job_ids]
         )
         return [cast("dict[bytes, bytes]", fields) or None for fields in replies]
 
@@ -524,7 +631,7 @@ class Store:
             return {}
         pairs = [(job_id, queue) for job_id in job_ids for queue in queues]
         replies = await self._read_pipelined(
-            [("ZSCORE", dlq_key(queue), job_id) for job_id, queue in pairs]
+            [("ZSCORE", self.keys.dlq(queue), job_id) for job_id, queue in pairs]
         )
         found: dict[str, str] = {}
         for (job_id, queue), score in zip(pairs, replies, strict=True):
@@ -540,8 +647,8 @@ class Store:
             return 0, 0
         requeued, pruned = await self._run(
             "dlq_requeue",
-            [dlq_key(queue), due_key(queue), job_key_prefix(queue)],
-            [wake_channel(queue), max(batch, 1), *job_ids],
+            [self.keys.dlq(queue), self.keys.due(queue), self.keys.job_prefix(queue)],
+            [self.keys.wake_channel(queue), max(batch, 1), *job_ids],
         )
         return int(requeued), int(pruned)
 
@@ -551,18 +658,25 @@ class Store:
             return 0
         removed = await self._run(
             "dlq_purge",
-            [dlq_key(queue), job_key_prefix(queue)],
+            [self.keys.dlq(queue), self.keys.job_prefix(queue)],
             [max(batch, 1), *job_ids],
         )
         return int(cast("int", removed))
 
 
-def _enqueue_call(args: EnqueueArgs) -> tuple[list[str], list[str | int]]:
-    """KEYS and ARGV of enqueue.lua for ``args``."""
+def _enqueue_call(
+    names: Keys, args: EnqueueArgs, holder: str | None = None
+) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of enqueue.lua for ``args``; ``holder`` is the record key
+    the id registry named in an earlier round."""
     queue = args.queue_name
-    keys = [job_key(queue, args.job_id), due_key(queue)]
+    keys = [names.job(queue, args.job_id), names.due(queue)]
     if args.rule:
-        keys += [rule_key(args.rule, queue, args.rule_key), job_key_prefix(queue)]
+        keys += [names.rule(args.rule, queue, args.rule_key), names.job_prefix(queue)]
+    if args.registered_id:  # after the rule's keys: KEYS[3] or KEYS[5]
+        keys.append(names.ids)
+        if holder is not None:
+            keys.append(holder)
     argv: list[str | int] = [
         args.job_id,
         args.function_name,
@@ -576,7 +690,7 @@ def _enqueue_call(args: EnqueueArgs) -> tuple[list[str], list[str | int]]:
         args.trace_parent,
         args.trace_state,
         args.max_params_bytes,
-        wake_channel(queue),
+        names.wake_channel(queue),
         args.rule,
         args.rule_key,
         args.rule_window_ms,

@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 import redis
 
 from conftest import TESTS_DIR, python_env
-from rrq.store import QUEUES_KEY, EnqueueArgs, _enqueue_call
+from rrq.store import DEFAULT_KEYS, QUEUES_KEY, EnqueueArgs, _enqueue_call
 from rrq.testing import ProcessLog
 
 from .conftest import TIMINGS
@@ -247,7 +247,7 @@ def bulk_enqueue(
         run_at_ms=run_at_ms,
         max_params_bytes=1024 * 1024,
     )
-    keys, argv = _enqueue_call(template)
+    keys, argv = _enqueue_call(DEFAULT_KEYS, template)
     parts = [b"EVALSHA", SHA["enqueue"].encode(), str(len(keys)).encode()]
     parts += [_arg(a) for a in [*keys, *argv]]
     # Segments of one command: constant bytes, or (before, after) around the job id.
@@ -576,6 +576,7 @@ class SideClient:
                 self.r.ping()
                 t1 = time.perf_counter()
                 keys, argv = _enqueue_call(
+                    DEFAULT_KEYS,
                     EnqueueArgs(
                         job_id=f"side-{n}",
                         function_name="work",
@@ -587,7 +588,7 @@ class SideClient:
                         defer_ms=0,
                         run_at_ms=0,
                         max_params_bytes=1024,
-                    )
+                    ),
                 )
                 t2 = time.perf_counter()
                 self.r.eval(text, len(keys), *keys, *argv)

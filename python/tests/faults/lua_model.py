@@ -24,7 +24,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+from rrq._limits import MAX_DURATION_MS, MAX_RETRIES
 from rrq.store import (
+    DEFAULT_KEYS,
     QUEUES_KEY,
     active_key,
     debounce_key,
@@ -178,6 +180,10 @@ class EnqueueCall:
     rule_key: str = ""
     rule_window_ms: int = 0
     debounce_max_wait_ms: int = 0
+    # The producer chose the id: the registry is passed (KEYS[3] or KEYS[5]),
+    # and ``holder`` is the record key a {6} reply named, passed back.
+    registered_id: bool = False
+    holder: str | None = None
 
 
 _JSON_OBJECT_START = re.compile(r"^[ \t\n\v\f\r]*\{")  # Lua's '^%s*{'
@@ -197,6 +203,11 @@ class LuaModel:
     rate_limit: dict[str, RuleKey] = field(default_factory=dict)
     debounce: dict[str, RuleKey] = field(default_factory=dict)
     queues: set[str] = field(default_factory=set)
+    # The id registry (rrq:ids): job id -> record key.
+    ids: dict[str, str] = field(default_factory=dict)
+    # Records of another queue planted by the test (key -> status), so that
+    # the registry can name a record this queue does not hold.
+    foreign: dict[str, int] = field(default_factory=dict)
     tolerate: frozenset[str] = frozenset()  # ids of KNOWN_BUGS to mimic
 
     # ------------------------------------------------------------------ time
@@ -249,9 +260,20 @@ class LuaModel:
         """enqueue.lua, preceded by ``SADD rrq:queues`` (the producer's registration)."""
         self.queues.add(self.queue)  # the SADD runs before the script, whatever it answers
         self._validate_enqueue(call)
+        if call.run_at_ms > self.now + MAX_DURATION_MS:  # checked against Redis TIME
+            raise ScriptError(INVALID_ARGUMENT)
         existing = self.jobs.get(call.job_id)
         if existing is not None:
             return [0, call.job_id, existing.status]
+        record_key = job_key(self.queue, call.job_id)
+        if call.registered_id:
+            registered = self.ids.get(call.job_id)
+            if registered is not None and registered != record_key:
+                if call.holder != registered:
+                    return [6, registered, 0]
+                status = self.foreign.get(registered)
+                if status is not None:
+                    return [5, call.job_id, status]
         run_at = max(self.now + call.defer_ms, call.run_at_ms)
         if call.rule == "unique":
             held = self.unique.get(call.rule_key)
@@ -307,6 +329,8 @@ class LuaModel:
             rule_key=call.rule_key if call.rule else "",
         )
         self.due[call.job_id] = run_at
+        if call.registered_id:
+            self.ids[call.job_id] = record_key
         if call.rule == "unique":
             self.unique[call.rule_key] = RuleKey(call.job_id, self.now + call.rule_window_ms)
         elif call.rule == "rate_limit":
@@ -330,6 +354,8 @@ class LuaModel:
         for call in calls:
             self._validate_job(call)
         self._validate_enqueue(first)
+        if first.run_at_ms > self.now + MAX_DURATION_MS:
+            raise ScriptError(INVALID_ARGUMENT)
         if first.rule:
             raise ScriptError(INVALID_ARGUMENT)
         statuses = [0 if r[0] == 1 else r[2] for r in map(self.enqueue, calls)]
@@ -364,10 +390,14 @@ class LuaModel:
         )
         if any(n < 0 for n in numbers):
             raise ScriptError(INVALID_ARGUMENT)
+        if call.max_retries > MAX_RETRIES or max(numbers[1:4]) > MAX_DURATION_MS:
+            raise ScriptError(INVALID_ARGUMENT)
         if call.rule:
             if call.rule not in ("unique", "rate_limit", "debounce") or call.rule_key == "":
                 raise ScriptError(INVALID_ARGUMENT)
             if call.rule_window_ms <= 0 or call.debounce_max_wait_ms < 0:
+                raise ScriptError(INVALID_ARGUMENT)
+            if max(call.rule_window_ms, call.debounce_max_wait_ms) > MAX_DURATION_MS:
                 raise ScriptError(INVALID_ARGUMENT)
 
     # ------------------------------------------------------------------ claim
@@ -488,7 +518,9 @@ class LuaModel:
                 self.dlq[job_id] = self.now
                 self._finish(job, FAILED, dlq_retention_ms)
                 return [1, FAILED, 0]
-            return self._wait_again(job, RETRYING, self.now + retry_delay_ms)
+            # A runner's delay is that job's data: clamped, never a batch error.
+            delay = min(max(retry_delay_ms, 0), MAX_DURATION_MS)
+            return self._wait_again(job, RETRYING, self.now + delay)
         if action == "cancel":
             job.last_error = payload
             job.last_error_type = "Cancelled"
@@ -603,6 +635,23 @@ class LuaModel:
             removed += 1
         return removed
 
+    # ----------------------------------------------------------- id registry
+
+    def forget_ids(self, pairs: list[tuple[str, str]]) -> int:
+        """forget_ids.lua: drop each entry that still names its record, when
+        that record does not exist."""
+        dropped = 0
+        for job_id, key in pairs:
+            if self.ids.get(job_id) == key and not self._record_exists(key, job_id):
+                del self.ids[job_id]
+                dropped += 1
+        return dropped
+
+    def _record_exists(self, key: str, job_id: str) -> bool:
+        if key == job_key(self.queue, job_id):
+            return job_id in self.jobs
+        return key in self.foreign
+
     # -------------------------------------------------------------- snapshot
 
     def snapshot(self) -> Snapshot:
@@ -628,6 +677,10 @@ class LuaModel:
             snap[debounce_key(q, key)] = ("hash", ttl(pointer.expire_at), value)
         if self.queues:
             snap[QUEUES_KEY] = ("set", -1, tuple(sorted(self.queues)))
+        if self.ids:
+            snap[DEFAULT_KEYS.ids] = ("hash", -1, dict(self.ids))
+        for key, status in self.foreign.items():
+            snap[key] = ("hash", -1, {"status": str(status)})
         return snap
 
 

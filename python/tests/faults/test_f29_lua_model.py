@@ -74,8 +74,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from rrq._limits import MAX_DURATION_MS, MAX_RETRIES
 from rrq.exceptions import RRQError
 from rrq.store import (
+    DEFAULT_KEYS,
     QUEUES_KEY,
     EnqueueArgs,
     SettleArgs,
@@ -109,6 +111,8 @@ from .lua_model import (
 
 ROW: Final = "F29"
 QUEUE: Final = "f29"
+# Another queue, whose records the test plants to exercise the id registry.
+OTHER_QUEUE: Final = "f29-other"
 T0_MS: Final = 1_767_225_600_000  # 2026-01-01 00:00:00.000 UTC
 DEFAULT_RESULT_TTL_MS: Final = 5_000
 DLQ_RETENTION_MS: Final = 4_000
@@ -309,6 +313,8 @@ local prefix = ARGV[1]
 local readers = {hash = 'HGETALL', zset = 'ZRANGE', string = 'GET', set = 'SMEMBERS'}
 local function kind_by_name(key)
   if key == ARGV[2] then return 'set' end
+  if key == ARGV[3] then return 'hash' end  -- the id registry
+  if string.sub(key, 1, #ARGV[4]) == ARGV[4] then return 'hash' end  -- planted records
   if string.sub(key, 1, #prefix) ~= prefix then return nil end
   local rest = string.sub(key, #prefix + 1)
   if rest == 'due' or rest == 'active' or rest == 'dlq' then return 'zset' end
@@ -521,6 +527,7 @@ class World:
         window_ms: int,
         max_wait_ms: int,
         trace_parent: str,
+        registered: bool = False,
     ) -> tuple[Any, Any, Allowed]:
         job = self._target(job, redirect, None)
         call = EnqueueCall(
@@ -537,6 +544,7 @@ class World:
             rule_key=rule_key if rule else "",
             rule_window_ms=window_ms if rule else 0,
             debounce_max_wait_ms=max_wait_ms if rule == "debounce" else 0,
+            registered_id=registered and rule != "debounce",
         )
         call = _apply_variant(call, variant)
         args = _store_args(call)
@@ -545,7 +553,50 @@ class World:
             reply = await self.env.store.enqueue(args, register_queue=True)
             return [reply.code, reply.job_id, reply.value]
 
-        expected, actual = self._call(lambda: self.model.enqueue(call), store_call)
+        def model_call() -> list[Any]:
+            # As Store.enqueue does: a {6, key} reply is asked again with the key.
+            reply = self.model.enqueue(call)
+            if reply[0] == 6:
+                call.holder = reply[1]
+                reply = self.model.enqueue(call)
+            return reply
+
+        expected, actual = self._call(model_call, store_call)
+        return expected, actual, Allowed()
+
+    def _op_plant_foreign(
+        self, job: str, status: int, registered: bool
+    ) -> tuple[Any, Any, Allowed]:
+        """Another queue's record of ``job`` (and, maybe, its registry entry),
+        written straight into Redis: what a producer of that queue leaves."""
+        key = f"rrq:{{{OTHER_QUEUE}}}:job:{job}"
+        self.model.foreign[key] = status
+        writes: list[tuple[str, ...]] = [("HSET", key, "status", str(status))]
+        if registered:
+            self.model.ids[job] = key
+            writes.append(("HSET", DEFAULT_KEYS.ids, job, key))
+        self.env.run(self.env.store._read_pipelined(writes))
+        return None, None, Allowed()
+
+    def _op_drop_foreign(self, job: str) -> tuple[Any, Any, Allowed]:
+        """The other queue's record of ``job`` expires (its registry entry stays)."""
+        key = f"rrq:{{{OTHER_QUEUE}}}:job:{job}"
+        self.model.foreign.pop(key, None)
+        self.env.run(self.env.store.redis.delete(key))
+        return None, None, Allowed()
+
+    def _op_forget_ids(self, stale_pair: bool) -> tuple[Any, Any, Allowed]:
+        """forget_ids.lua on every registry entry (as the orchestrator's sweep
+        passes them), plus maybe a pair whose key the registry no longer holds."""
+        pairs = sorted(self.model.ids.items())
+        if stale_pair and pairs:
+            pairs.append((pairs[0][0], f"rrq:{{{OTHER_QUEUE}}}:job:stale"))
+        keys = [DEFAULT_KEYS.ids, *(key for _, key in pairs)]
+        argv = [job_id for job_id, _ in pairs]
+        expected, actual = self._call(
+            lambda: self.model.forget_ids(pairs),
+            lambda: self.env.store._run("forget_ids", keys, argv),
+        )
         return expected, actual, Allowed()
 
     def _op_enqueue_many(
@@ -568,7 +619,7 @@ class World:
         )
         more = list(zip(jobs[1:], texts[1:], strict=True))
         args = _store_args(call)
-        keys, argv = _enqueue_call(args)
+        keys, argv = _enqueue_call(DEFAULT_KEYS, args)
         for job_id, text in more:
             argv += [job_id, text]
         expected, actual = self._call(
@@ -746,7 +797,14 @@ class World:
 
         Also reads Redis TIME, which must be the model's clock (``self.redis_ms``).
         """
-        reply = self.env.redis.evalsha(self.env.dump_sha, 0, f"rrq:{{{QUEUE}}}:", QUEUES_KEY)
+        reply = self.env.redis.evalsha(
+            self.env.dump_sha,
+            0,
+            f"rrq:{{{QUEUE}}}:",
+            QUEUES_KEY,
+            DEFAULT_KEYS.ids,
+            f"rrq:{{{OTHER_QUEUE}}}:job:",
+        )
         seconds, micros, entries = reply
         self.redis_ms = int(seconds) * 1000 + int(micros) // 1000
         snap: Snapshot = {}
@@ -788,6 +846,7 @@ def _store_args(call: EnqueueCall) -> EnqueueArgs:
         rule_key=call.rule_key,
         rule_window_ms=call.rule_window_ms,
         debounce_max_wait_ms=call.debounce_max_wait_ms,
+        registered_id=call.registered_id,
     )
 
 
@@ -805,10 +864,27 @@ def _apply_variant(call: EnqueueCall, variant: str) -> EnqueueCall:
         call.max_retries = -1
     elif variant == "zero_window" and call.rule:
         call.rule_window_ms = 0
+    elif variant == "huge_retries":
+        call.max_retries = MAX_RETRIES + 1
+    elif variant == "huge_ttl":
+        call.result_ttl_ms = 10**17  # a PEXPIRE Redis refuses
+    elif variant == "huge_defer":
+        call.defer_ms = MAX_DURATION_MS + 1
+    elif variant == "huge_window" and call.rule:
+        call.rule_window_ms = 2**62
+    elif variant == "far_run_at":
+        call.run_at_ms = 2**60
     return call
 
 
-_ENQUEUE_CODES: Final = ("exists", "created", "unique_held", "rate_limited", "debounced")
+_ENQUEUE_CODES: Final = (
+    "exists",
+    "created",
+    "unique_held",
+    "rate_limited",
+    "debounced",
+    "exists_in_queue",
+)
 
 
 def _outcome(op: str, args: Mapping[str, Any], reply: Any) -> str:
@@ -843,6 +919,8 @@ def _args_text(args: Mapping[str, Any]) -> str:
 def _expected_type(key: str) -> str | None:
     if key == QUEUES_KEY:
         return "set"
+    if key == DEFAULT_KEYS.ids or key.startswith(f"rrq:{{{OTHER_QUEUE}}}:job:"):
+        return "hash"
     if key.startswith((job_key_prefix(QUEUE), debounce_key_prefix(QUEUE))):
         return "hash"
     if key in (due_key(QUEUE), active_key(QUEUE), dlq_key(QUEUE)):
@@ -1058,6 +1136,12 @@ _ENQUEUE_VARIANTS = ["ok"] * 60 + [
     "no_function",
     "negative_retries",
     "zero_window",
+    # Ranges (rust/rrq-store/limits.toml): refused before the first write.
+    "huge_retries",
+    "huge_ttl",
+    "huge_defer",
+    "huge_window",
+    "far_run_at",
 ]
 _IDS = st.sampled_from(JOB_IDS)
 _ID_LISTS = st.lists(_IDS, max_size=2)
@@ -1087,7 +1171,7 @@ _SETTLE_ITEM: Final = st.fixed_dictionaries(
         "action": st.sampled_from(
             ["complete", "retry", "fail", "cancel", "release"] * 4 + ["explode"]
         ),
-        "retry_delay_ms": st.sampled_from([0, 500, 5000]),
+        "retry_delay_ms": st.sampled_from([0, 500, 5000, 10**18]),
         "traceback": st.sampled_from(["", "tb"]),
     }
 )
@@ -1115,6 +1199,7 @@ OPERATIONS: Final[Mapping[str, tuple[int, Callable[[LuaModel], bool], st.SearchS
                 "window_ms": st.sampled_from([500, 2000, 60_000, 3_600_000]),
                 "max_wait_ms": st.sampled_from([0, 1000, 3000]),
                 "trace_parent": st.sampled_from(["", "00-tp-01"]),
+                "registered": st.booleans(),
             }
         ),
     ),
@@ -1185,6 +1270,19 @@ OPERATIONS: Final[Mapping[str, tuple[int, Callable[[LuaModel], bool], st.SearchS
         1,
         lambda m: bool(m.dlq),
         st.fixed_dictionaries({"ids": _ID_LISTS, "batch": st.sampled_from([0, 1, 10])}),
+    ),
+    "plant_foreign": (
+        1,
+        lambda m: True,
+        st.fixed_dictionaries(
+            {"job": _IDS, "status": st.sampled_from([1, 4]), "registered": _MOSTLY_TRUE}
+        ),
+    ),
+    "drop_foreign": (1, lambda m: bool(m.foreign), st.fixed_dictionaries({"job": _IDS})),
+    "forget_ids": (
+        1,
+        lambda m: bool(m.ids),
+        st.fixed_dictionaries({"stale_pair": st.booleans()}),
     ),
     "advance": (
         3,

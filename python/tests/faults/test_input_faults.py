@@ -19,7 +19,7 @@ from rrq.exceptions import (
     PayloadTooLargeError,
 )
 from rrq.job import JobStatus
-from rrq.store import EnqueueArgs, due_key, job_key
+from rrq.store import EnqueueArgs, due_key, job_key, wake_channel
 from rrq.testing import RedisServer
 
 from .conftest import Harness
@@ -208,7 +208,7 @@ async def test_f16_planted_job_is_dead_lettered(
             },
         )
         r.zadd(due_key(QUEUE), {job: now_ms})
-    r.publish(f"rrq:{{{QUEUE}}}:wake", now_ms)
+    r.publish(wake_channel(QUEUE), now_ms)
     for job in PLANTED:
         status = await wait_status(fault_client, job, {JobStatus.FAILED}, 5)
         print(f"F16 planted {job}: {status.last_error_type}: {status.last_error[:100]}")

@@ -1,12 +1,13 @@
 //! [`Client`]: enqueue jobs, read their status, wait for their result, cancel them.
 
+use rrq_store::limits::{MAX_DURATION_MS, MAX_RETRIES};
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt as _;
 use futures::stream::FuturesOrdered;
-use rrq_store::{CancelOutcome, EnqueueRequest, EnqueueRule, Enqueued, QueueKeys, Store};
+use rrq_store::{CancelOutcome, EnqueueRequest, EnqueueRule, Enqueued, Namespace, Store};
 use serde_json::Value;
 
 use crate::config::ClientConfig;
@@ -190,7 +191,9 @@ impl Client {
             None => config.redis_dsn.clone(),
         };
         let redis = rrq_store::open_client(dsn.as_str())?;
-        let store = Store::connect(&redis).await?;
+        let ns = Namespace::of_client(&config.key_prefix, &redis)
+            .map_err(|e| Error::Config(format!("rrq.{e}")))?;
+        let store = Store::connect(&redis, ns).await?;
         Ok(Self {
             config,
             redis,
@@ -465,10 +468,12 @@ impl Client {
             None => ulid(),
         };
         let max_retries = o.max_retries.unwrap_or(self.config.default_max_retries);
-        if max_retries < 0 {
+        if !(0..=MAX_RETRIES).contains(&max_retries) {
             return Err(Error::option(
                 "max_retries",
-                format!("max_retries must be a non-negative integer, got {max_retries}"),
+                format!(
+                    "max_retries must be an integer from 0 to {MAX_RETRIES}, got {max_retries}"
+                ),
             ));
         }
         let job_timeout_ms = o
@@ -481,7 +486,11 @@ impl Client {
             .map(|d| positive_ms("result_ttl_seconds", d))
             .transpose()?
             .unwrap_or(0);
-        let defer_ms = o.defer_by.map(round_ms).unwrap_or(0);
+        let defer_ms = o
+            .defer_by
+            .map(|d| bounded_ms("defer_by_seconds", d))
+            .transpose()?
+            .unwrap_or(0);
         if o.defer_until.is_some() && o.defer_by.is_some() {
             return Err(Error::option(
                 "defer_until",
@@ -494,7 +503,18 @@ impl Client {
                 let since = t.duration_since(UNIX_EPOCH).map_err(|_| {
                     Error::option("defer_until", "defer_until must not be before 1970")
                 })?;
-                i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+                let ms = i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
+                // enqueue.lua checks this against Redis's clock; this copy saves a round trip.
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                if ms > now.saturating_add(MAX_DURATION_MS) {
+                    return Err(Error::option(
+                        "defer_until",
+                        "defer_until must be at most 3,650 days from now",
+                    ));
+                }
+                ms
             }
         };
         Ok(EnqueueRequest {
@@ -511,6 +531,7 @@ impl Client {
             trace_state: o.trace_state.clone().unwrap_or_default(),
             max_params_bytes: i64::try_from(limit).unwrap_or(i64::MAX),
             rule: None,
+            registered_id: false,
         })
     }
 
@@ -539,10 +560,10 @@ impl Client {
     }
 
     /// Runs enqueue.lua for a validated request; returns (job id, rate limited).
-    async fn submit(&self, req: EnqueueRequest, explicit_id: bool) -> Result<(String, bool)> {
-        if explicit_id {
-            self.check_id_is_new(&req.id, &req.queue).await?;
-        }
+    async fn submit(&self, mut req: EnqueueRequest, explicit_id: bool) -> Result<(String, bool)> {
+        // A chosen id names one job across every queue: enqueue.lua checks
+        // the id registry and writes the job in one step.
+        req.registered_id = explicit_id;
         let register = !lock(&self.registered_queues).contains(&req.queue);
         let reply = self.store.enqueue_pipelined(&req, register).await?;
         lock(&self.registered_queues).insert(req.queue.clone());
@@ -554,6 +575,13 @@ impl Client {
                     queue_name: req.queue,
                 });
             }
+            Enqueued::ExistsInQueue { id, queue, status } => {
+                return Err(Error::DuplicateJob {
+                    job_id: id,
+                    status: JobStatus::from_number(status),
+                    queue_name: queue,
+                });
+            }
             Enqueued::RateLimited => (String::new(), true),
             Enqueued::Created { id, .. }
             | Enqueued::UniqueHeld { id, .. }
@@ -563,34 +591,6 @@ impl Client {
             self.remember(&id, &req.queue);
         }
         Ok((id, limited))
-    }
-
-    /// An explicit id must not exist in any other queue either (not atomic
-    /// across queues: they live in different cluster slots).
-    async fn check_id_is_new(&self, id: &str, queue: &str) -> Result<()> {
-        let mut others = self.store.queues().await?;
-        others.retain(|q| q != queue);
-        others.sort();
-        if others.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for q in &others {
-            pipe.cmd("HGET")
-                .arg(QueueKeys::new(q).job(id))
-                .arg("status");
-        }
-        let statuses: Vec<Option<i32>> = pipe.query_async(&mut self.store.connection()).await?;
-        for (q, status) in others.into_iter().zip(statuses) {
-            if let Some(status) = status {
-                return Err(Error::DuplicateJob {
-                    job_id: id.to_owned(),
-                    status: JobStatus::from_number(status),
-                    queue_name: q,
-                });
-            }
-        }
-        Ok(())
     }
 
     // --- status -------------------------------------------------------------------
@@ -654,7 +654,7 @@ impl Client {
         };
         let mut pubsub = self.redis.get_async_pubsub().await?;
         pubsub
-            .subscribe(QueueKeys::new(&queue).done_channel(job_id))
+            .subscribe(self.store.namespace().queue(&queue).done_channel(job_id))
             .await?;
         let mut messages = pubsub.into_on_message();
         loop {
@@ -719,6 +719,23 @@ fn round_ms(d: Duration) -> i64 {
     i64::try_from((d.as_nanos() + 500_000) / 1_000_000).unwrap_or(i64::MAX)
 }
 
+/// `d` in whole ms, at most [`MAX_DURATION_MS`] (rust/rrq-store/limits.toml).
+fn bounded_ms(option: &str, d: Duration) -> Result<i64> {
+    let ms = round_ms(d);
+    if ms > MAX_DURATION_MS {
+        return Err(Error::option(
+            option,
+            format!(
+                "{option} must be at most {} seconds (3,650 days), got {}",
+                MAX_DURATION_MS / 1000,
+                d.as_secs_f64()
+            ),
+        ));
+    }
+    Ok(ms)
+}
+
+/// `d` in whole ms, from 1 to [`MAX_DURATION_MS`].
 fn positive_ms(option: &str, d: Duration) -> Result<i64> {
     if d.is_zero() {
         return Err(Error::option(
@@ -726,7 +743,7 @@ fn positive_ms(option: &str, d: Duration) -> Result<i64> {
             format!("{option} must be a finite positive number, got 0"),
         ));
     }
-    let ms = round_ms(d);
+    let ms = bounded_ms(option, d)?;
     if ms == 0 {
         return Err(Error::option(
             option,
@@ -757,6 +774,18 @@ mod tests {
         assert_eq!(round_ms(Duration::from_micros(1499)), 1);
         assert!(positive_ms("x", Duration::from_micros(400)).is_err());
         assert!(positive_ms("x", Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn durations_over_the_limit_are_refused() {
+        let max = Duration::from_millis(MAX_DURATION_MS as u64);
+        assert_eq!(positive_ms("x", max).ok(), Some(MAX_DURATION_MS));
+        let err = positive_ms("job_timeout_seconds", max + Duration::from_millis(1)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("job_timeout_seconds must be at most")
+        );
+        assert!(bounded_ms("defer_by_seconds", Duration::MAX).is_err());
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct ClientConfig {
     pub default_result_ttl_seconds: f64,
     /// How long a unique key is held by default, in seconds.
     pub default_unique_job_lock_ttl_seconds: f64,
+    /// First part of every Redis key and channel (`key_prefix`, default `rrq`).
+    pub key_prefix: String,
 }
 
 impl Default for ClientConfig {
@@ -35,6 +37,7 @@ impl Default for ClientConfig {
             max_payload_bytes: 1024 * 1024,
             default_result_ttl_seconds: 86_400.0,
             default_unique_job_lock_ttl_seconds: 21_600.0,
+            key_prefix: rrq_store::keys::DEFAULT_PREFIX.to_owned(),
         }
     }
 }
@@ -126,6 +129,9 @@ impl ClientConfig {
             "default_unique_job_lock_ttl_seconds",
             c.default_unique_job_lock_ttl_seconds,
         )?;
+        c.key_prefix = string("key_prefix", &c.key_prefix)?;
+        rrq_store::Namespace::new(&c.key_prefix, 0)
+            .map_err(|e| Error::Config(format!("rrq.{e}")))?;
         Ok(c)
     }
 }
@@ -154,5 +160,10 @@ mod tests {
         );
         assert!(ClientConfig::from_toml("[rrq]\ndefault_max_retries = -1\n").is_err());
         assert!(ClientConfig::from_toml("[rrq]\nmax_payload_bytes = 0\n").is_err());
+        assert_eq!(c.key_prefix, "rrq");
+        let p = ClientConfig::from_toml("[rrq]\nkey_prefix = \"app:b\"\n").unwrap();
+        assert_eq!(p.key_prefix, "app:b");
+        let err = ClientConfig::from_toml("[rrq]\nkey_prefix = \"a{b}\"\n").unwrap_err();
+        assert!(err.to_string().contains("rrq.key_prefix"), "{err}");
     }
 }

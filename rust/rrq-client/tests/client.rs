@@ -4,13 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use rrq_store::limits::{MAX_DURATION_MS, MAX_RETRIES};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use rrq_client::{
     Client, ClientConfig, Debounce, ENQUEUE_MANY_CHUNK, EnqueueOptions, Error, JobStatus, RateLimit,
 };
-use rrq_store::{EnqueueRequest, EnqueueRule, Enqueued, QueueKeys, Settle, SettleAction};
+use rrq_store::{EnqueueRequest, EnqueueRule, Enqueued, Namespace, Settle, SettleAction};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -44,7 +45,7 @@ impl Redis {
 
     /// Every record of `ids` in `queue`, in one round trip.
     async fn jobs(&self, queue: &str, ids: &[String]) -> Vec<BTreeMap<String, String>> {
-        let keys = QueueKeys::new(queue);
+        let keys = Namespace::default().queue(queue);
         let mut pipe = redis::pipe();
         for id in ids {
             pipe.cmd("HGETALL").arg(keys.job(id));
@@ -166,6 +167,96 @@ async fn validation_errors_write_nothing() {
         "debounce_max_wait_seconds"
     );
     assert_eq!(redis.dbsize().await, 0);
+}
+
+/// A chosen id raced into two queues by two producers makes one job: the
+/// id registry is checked and written in the same script as the job.
+#[tokio::test]
+async fn one_id_raced_into_two_queues_makes_one_job() {
+    let redis = Redis::start().await;
+    let (a, b) = (client(&redis).await, client(&redis).await);
+    for n in 0..30 {
+        let id = format!("race-{n}");
+        let (ra, rb) = tokio::join!(
+            a.enqueue("f", EnqueueOptions::default().job_id(&id).queue_name("qa")),
+            b.enqueue("f", EnqueueOptions::default().job_id(&id).queue_name("qb")),
+        );
+        let (winner, loser) = match (ra, rb) {
+            (Ok(_), Err(e)) => ("qa", e),
+            (Err(e), Ok(_)) => ("qb", e),
+            other => panic!("expected one winner, got {other:?}"),
+        };
+        match loser {
+            Error::DuplicateJob { queue_name, .. } => assert_eq!(queue_name, winner),
+            other => panic!("expected DuplicateJob, got {other:?}"),
+        }
+    }
+}
+
+/// Every number has a range (rust/rrq-store/limits.toml), checked before
+/// the first write: a huge value is a typed error, not a record nobody can
+/// read back or a half-written job.
+#[tokio::test]
+async fn out_of_range_numbers_write_nothing() {
+    let redis = Redis::start().await;
+    let c = client(&redis).await;
+    let o = EnqueueOptions::default;
+    let huge = Duration::from_secs(u64::MAX / 2);
+    let over = Duration::from_millis(MAX_DURATION_MS as u64 + 1);
+    let cases: Vec<(&str, EnqueueOptions)> = vec![
+        ("max_retries", o().max_retries(i64::MAX)),
+        ("max_retries", o().max_retries(MAX_RETRIES + 1)),
+        ("job_timeout_seconds", o().job_timeout(huge)),
+        (
+            "result_ttl_seconds",
+            o().result_ttl(Duration::from_secs(100_000_000_000_000)),
+        ),
+        ("defer_by_seconds", o().defer_by(over)),
+        (
+            "defer_until",
+            o().defer_until(SystemTime::now() + Duration::from_secs(20 * 365 * 86_400)),
+        ),
+    ];
+    for (option, opts) in cases {
+        assert_eq!(option_of(c.enqueue("f", opts).await.unwrap_err()), option);
+    }
+    assert_eq!(
+        option_of(
+            c.enqueue_with_unique_key("f", "k", o(), Some(huge))
+                .await
+                .unwrap_err()
+        ),
+        "unique_ttl_seconds"
+    );
+    let rl = RateLimit {
+        key: "k".into(),
+        window: over,
+    };
+    assert_eq!(
+        option_of(c.enqueue_with_rate_limit("f", o(), rl).await.unwrap_err()),
+        "rate_limit_seconds"
+    );
+    let d = Debounce {
+        key: "k".into(),
+        delay: Duration::from_secs(1),
+        max_wait: Some(huge),
+    };
+    assert_eq!(
+        option_of(c.enqueue_with_debounce("f", o(), d).await.unwrap_err()),
+        "debounce_max_wait_seconds"
+    );
+    assert_eq!(redis.dbsize().await, 0);
+    // The largest values are accepted, and the record reads back.
+    let id = c
+        .enqueue(
+            "f",
+            o().max_retries(MAX_RETRIES)
+                .job_timeout(Duration::from_millis(MAX_DURATION_MS as u64))
+                .result_ttl(Duration::from_millis(MAX_DURATION_MS as u64)),
+        )
+        .await
+        .unwrap();
+    assert!(c.get_job_status(&id).await.unwrap().is_some());
 }
 
 #[tokio::test]
@@ -418,7 +509,7 @@ async fn enqueue_many_reloads_a_flushed_script() {
         .unwrap();
     assert_eq!(ids.len(), params.len());
     let due: usize = redis::cmd("ZCARD")
-        .arg(QueueKeys::new("default").due())
+        .arg(Namespace::default().queue("default").due())
         .query_async(&mut redis.conn().await)
         .await
         .unwrap();
@@ -526,7 +617,11 @@ async fn wait_for_result_wakes_on_a_settle() {
         let id = id.clone();
         tokio::spawn(async move { c.wait_for_result(&id, Some(WAIT)).await })
     };
-    subscribed(&redis, &QueueKeys::new("default").done_channel(&id)).await;
+    subscribed(
+        &redis,
+        &Namespace::default().queue("default").done_channel(&id),
+    )
+    .await;
     let store = c.store();
     let claim = store.claim("default", 1, "owner", 60_000).await.unwrap();
     assert_eq!(claim.jobs.len(), 1);

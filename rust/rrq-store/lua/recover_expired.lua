@@ -27,6 +27,36 @@ local STATUS_RETRYING = 3
 local STATUS_FAILED = 5
 local STATUS_CANCELLED = 6
 local MAX_ERRORS = 100
+-- BEGIN generated limits (rust/rrq-store/limits.toml; make gen)
+local MAX_RETRIES = 10000
+local MAX_DURATION_MS = 315360000000
+-- END generated limits
+
+-- The record's own TTL when Redis can apply it, else the default (text, as
+-- PEXPIRE takes it). A record planted by hand or written before ranges were
+-- checked must not fail the script half-way: PEXPIRE refuses a time past
+-- 2^63 ms and text such as '1e3', and a script's writes before an error stay.
+local function ttl_or(value, default)
+  local n = tonumber(value)
+  if n and n >= 1 and n <= MAX_DURATION_MS and n % 1 == 0 then return string.format('%d', n) end
+  return default
+end
+
+-- The error history with one more entry, as JSON. A planted or damaged
+-- errors_json (not a list, or one cjson will not encode back) starts over
+-- rather than failing the script.
+local function history_with(raw, entry)
+  local history = {}
+  if raw then
+    local ok, decoded = pcall(cjson.decode, raw)
+    if ok and type(decoded) == 'table' then history = decoded end
+  end
+  table.insert(history, entry)
+  while #history > MAX_ERRORS do table.remove(history, 1) end
+  local ok, text = pcall(cjson.encode, history)
+  if ok then return text end
+  return cjson.encode({entry})
+end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -41,26 +71,20 @@ for _, id in ipairs(ids) do
   if tonumber(f[1]) == STATUS_ACTIVE then
     local attempt = tonumber(f[2]) or 0
     local message = 'lease expired: owner ' .. (f[4] or '?') .. ' was lost during attempt ' .. attempt
-    local history = {}
-    if f[6] then
-      local ok, decoded = pcall(cjson.decode, f[6])
-      if ok and type(decoded) == 'table' then history = decoded end
-    end
-    table.insert(history, {attempt = attempt, error_type = 'LeaseExpired', message = message,
-      traceback = '', at_ms = now})
-    while #history > MAX_ERRORS do table.remove(history, 1) end
-    redis.call('HSET', key, 'errors_json', cjson.encode(history), 'last_error', message,
+    local history = history_with(f[6], {attempt = attempt, error_type = 'LeaseExpired',
+      message = message, traceback = '', at_ms = now})
+    redis.call('HSET', key, 'errors_json', history, 'last_error', message,
       'last_error_type', 'LeaseExpired')
     redis.call('HDEL', key, 'lease_owner')
     if f[5] == '1' then
       redis.call('HSET', key, 'status', STATUS_CANCELLED, 'finished_at_ms', now)
-      redis.call('PEXPIRE', key, tonumber(f[7]) or tonumber(ARGV[5]))
+      redis.call('PEXPIRE', key, ttl_or(f[7], ARGV[5]))
       redis.call('PUBLISH', ARGV[4] .. id, STATUS_CANCELLED)
       cancelled = cancelled + 1
     elseif attempt > (tonumber(f[3]) or 0) then
       redis.call('HSET', key, 'status', STATUS_FAILED, 'finished_at_ms', now)
       redis.call('ZADD', dlq_key, now, id)
-      redis.call('PEXPIRE', key, tonumber(ARGV[2]))
+      redis.call('PEXPIRE', key, ARGV[2])
       redis.call('PUBLISH', ARGV[4] .. id, STATUS_FAILED)
       dead = dead + 1
     else

@@ -1,7 +1,7 @@
 //! The Redis contract of RRQ.
 //!
 //! Layout:
-//! - [`keys`]: every key and channel name (`rrq:{<queue>}:...`);
+//! - [`keys`]: every key and channel name ([`Namespace`]: `<prefix>:{<queue>}:...`);
 //! - [`scripts`]: [`Store`], one typed async function per Lua script in
 //!   `../lua/` (the scripts' one home), plus the few plain commands callers need;
 //! - [`error`]: [`Error`], including the mapping of the scripts' `RRQ_*` error codes.
@@ -11,11 +11,12 @@
 pub mod connect;
 pub mod error;
 pub mod keys;
+pub mod limits;
 pub mod scripts;
 
 pub use connect::open_client;
 pub use error::{Error, Result, is_retryable_redis};
-pub use keys::QueueKeys;
+pub use keys::{InvalidPrefix, Namespace, QueueKeys};
 pub use rrq_proto::v1::JobStatus;
 pub use scripts::{
     CancelOutcome, Claim, ClaimedJob, DlqEntry, EnqueueRequest, EnqueueRule, Enqueued, Recovered,

@@ -5,13 +5,13 @@
 //! `NOSCRIPT` (after a restart or `SCRIPT FLUSH`).
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use redis::aio::ConnectionManager;
 use redis::{RedisResult, Script, Value};
 
 use crate::error::{Error, Result};
-use crate::keys::{self, QueueKeys};
+use crate::keys::Namespace;
 
 static ENQUEUE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/enqueue.lua")));
@@ -26,6 +26,13 @@ static DLQ_REQUEUE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/dlq_requeue.lua")));
 static DLQ_PURGE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/dlq_purge.lua")));
+static FORGET_IDS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/forget_ids.lua")));
+
+/// Rounds of `enqueue.lua` a registered id may take: the registry may name
+/// another record each time it is asked (that record expiring, another
+/// producer taking the id); three rounds without an answer is a protocol error.
+const REGISTRY_ROUNDS: usize = 3;
 
 /// One of the rules `enqueue.lua` applies (at most one per enqueue).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +91,9 @@ pub struct EnqueueRequest {
     pub max_params_bytes: i64,
     /// Unique / rate-limit / debounce rule, if any.
     pub rule: Option<EnqueueRule>,
+    /// The producer chose `id`: register it in the id registry
+    /// (`<prefix>:ids`), so that it names at most one job across every queue.
+    pub registered_id: bool,
 }
 
 /// What [`Store::enqueue`] did.
@@ -108,6 +118,16 @@ pub enum Enqueued {
         /// Id of the holder.
         id: String,
         /// Its `JobStatus` number (0 when its record already expired).
+        status: i32,
+    },
+    /// The id (a registered one) is held by a job of another queue; nothing
+    /// was written.
+    ExistsInQueue {
+        /// Job id.
+        id: String,
+        /// The queue of the job that holds it.
+        queue: String,
+        /// Its `JobStatus` number.
         status: i32,
     },
     /// Rate-limit rule: the window is still closed; nothing was written.
@@ -294,6 +314,8 @@ pub struct DlqEntry {
 #[derive(Clone)]
 pub struct Store {
     conn: ConnectionManager,
+    /// Where this store's keys and channels live (prefix and database).
+    ns: Arc<Namespace>,
 }
 
 impl std::fmt::Debug for Store {
@@ -303,14 +325,22 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Wraps an existing connection manager.
-    pub fn new(conn: ConnectionManager) -> Self {
-        Self { conn }
+    /// Wraps an existing connection manager; keys and channels in `ns`.
+    pub fn new(conn: ConnectionManager, ns: Namespace) -> Self {
+        Self {
+            conn,
+            ns: Arc::new(ns),
+        }
     }
 
-    /// Connects to `client`'s Redis.
-    pub async fn connect(client: &redis::Client) -> Result<Self> {
-        Ok(Self::new(ConnectionManager::new(client.clone()).await?))
+    /// Connects to `client`'s Redis; keys and channels in `ns`.
+    pub async fn connect(client: &redis::Client, ns: Namespace) -> Result<Self> {
+        Ok(Self::new(ConnectionManager::new(client.clone()).await?, ns))
+    }
+
+    /// Where this store's keys and channels live.
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
     }
 
     /// A handle on the connection for commands outside the scripts.
@@ -319,23 +349,31 @@ impl Store {
     }
 
     /// Writes a new job and schedules it (`enqueue.lua`), and registers its
-    /// queue in `rrq:queues` as producers do.
+    /// queue in `<prefix>:queues` as producers do.
     pub async fn enqueue(&self, req: &EnqueueRequest) -> Result<Enqueued> {
         let mut conn = self.conn.clone();
-        let reply: Value = enqueue_invocation(req)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(Error::from_redis)?;
-        let enqueued = parse_enqueued(reply)?;
+        let mut holder = None;
+        let mut answer = None;
+        for _ in 0..REGISTRY_ROUNDS {
+            let reply: Value = enqueue_invocation(&self.ns, req, holder.as_deref())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(Error::from_redis)?;
+            answer = self.registry_answer(req, reply, &mut holder)?;
+            if answer.is_some() {
+                break;
+            }
+        }
+        let enqueued = answer.ok_or_else(registry_unsettled)?;
         let _: i64 = redis::cmd("SADD")
-            .arg(keys::QUEUES)
+            .arg(self.ns.queues())
             .arg(&req.queue)
             .query_async(&mut conn)
             .await?;
         Ok(enqueued)
     }
 
-    /// Producers' enqueue: `SADD rrq:queues <queue>` (when `register_queue`)
+    /// Producers' enqueue: `SADD <prefix>:queues <queue>` (when `register_queue`)
     /// and `EVALSHA enqueue.lua` in one pipeline, one round trip. The script
     /// is loaded again when Redis answers `NOSCRIPT`.
     pub async fn enqueue_pipelined(
@@ -343,13 +381,56 @@ impl Store {
         req: &EnqueueRequest,
         register_queue: bool,
     ) -> Result<Enqueued> {
-        let inv = enqueue_invocation(req);
-        parse_enqueued(self.run_enqueue(&inv, &req.queue, register_queue).await?)
+        let mut holder = None;
+        for _ in 0..REGISTRY_ROUNDS {
+            let inv = enqueue_invocation(&self.ns, req, holder.as_deref());
+            let reply = self.run_enqueue(&inv, &req.queue, register_queue).await?;
+            if let Some(enqueued) = self.registry_answer(req, reply, &mut holder)? {
+                return Ok(enqueued);
+            }
+        }
+        Err(registry_unsettled())
+    }
+
+    /// `enqueue.lua`'s answer, or None when it named the record holding a
+    /// registered id in another queue (`{6, key, 0}`): `holder` is then that
+    /// key, for the next round to pass.
+    fn registry_answer(
+        &self,
+        req: &EnqueueRequest,
+        reply: Value,
+        holder: &mut Option<String>,
+    ) -> Result<Option<Enqueued>> {
+        match parse_enqueue_reply(reply)? {
+            EnqueueReply::Done(enqueued) => Ok(Some(enqueued)),
+            EnqueueReply::HeldElsewhere { status } => {
+                let key = holder.as_deref().unwrap_or_default();
+                let queue = self
+                    .ns
+                    .queue_of_job_key(key, &req.id)
+                    .ok_or_else(|| protocol("enqueue", format!("the id registry names {key:?}")))?;
+                Ok(Some(Enqueued::ExistsInQueue {
+                    id: req.id.clone(),
+                    queue: queue.to_owned(),
+                    status,
+                }))
+            }
+            EnqueueReply::Ask(key) => {
+                if holder.as_deref() == Some(key.as_str()) {
+                    return Err(protocol(
+                        "enqueue",
+                        "asked again for the record it was given",
+                    ));
+                }
+                *holder = Some(key);
+                Ok(None)
+            }
+        }
     }
 
     /// Producers' batch enqueue: `first` and the `more` jobs, pairs of
     /// (job id, params_json) that share every other field of `first`, in one
-    /// `enqueue.lua` call (its batch form), preceded by `SADD rrq:queues
+    /// `enqueue.lua` call (its batch form), preceded by `SADD <prefix>:queues
     /// <queue>` in the same pipeline when `register_queue`; one round trip,
     /// and the script is loaded again when Redis answers `NOSCRIPT`.
     ///
@@ -369,7 +450,7 @@ impl Store {
                 "enqueue_many takes plain jobs: a job with a rule is enqueued alone".to_owned(),
             ));
         }
-        let mut inv = enqueue_invocation(first);
+        let mut inv = enqueue_invocation(&self.ns, first, None);
         if more.is_empty() {
             // Without pairs the script answers in its single-job form.
             let reply = self.run_enqueue(&inv, &first.queue, register_queue).await?;
@@ -388,7 +469,7 @@ impl Store {
         parse_enqueued_many(&first.id, more, reply)
     }
 
-    /// Runs an `enqueue.lua` invocation after `SADD rrq:queues <queue>` (when
+    /// Runs an `enqueue.lua` invocation after `SADD <prefix>:queues <queue>` (when
     /// `register_queue`) in one pipeline; the script's raw reply.
     async fn run_enqueue(
         &self,
@@ -401,7 +482,7 @@ impl Store {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             if register_queue {
-                pipe.cmd("SADD").arg(keys::QUEUES).arg(queue);
+                pipe.cmd("SADD").arg(self.ns.queues()).arg(queue);
             }
             pipe.invoke_script(inv);
             let mut replies: Vec<RedisResult<Value>> = pipe.query_async(&mut conn).await?;
@@ -429,7 +510,7 @@ impl Store {
         owner: &str,
         lease_ms: i64,
     ) -> Result<Claim> {
-        let k = QueueKeys::new(queue);
+        let k = self.ns.queue(queue);
         let reply: Value = CLAIM
             .key(k.due())
             .key(k.active())
@@ -457,7 +538,7 @@ impl Store {
         if jobs.is_empty() {
             return Ok(Renewed::default());
         }
-        let k = QueueKeys::new(queue);
+        let k = self.ns.queue(queue);
         let mut inv = RENEW_LEASE.key(k.active());
         inv.key(k.job_prefix()).arg(owner).arg(lease_ms);
         for (id, attempt) in jobs {
@@ -480,7 +561,7 @@ impl Store {
         }
         let calls = settle_calls(batch);
         let mut conn = self.conn.clone();
-        let mut replies = run_settle_pipeline(&mut conn, batch, &calls).await?;
+        let mut replies = run_settle_pipeline(&mut conn, &self.ns, batch, &calls).await?;
         // A pipeline cannot reload a script by itself: when Redis lost the
         // script cache (restart, SCRIPT FLUSH), load it and redo exactly the
         // calls that failed with NOSCRIPT; the others already ran.
@@ -490,7 +571,7 @@ impl Store {
         if !missing.is_empty() {
             SETTLE.prepare_invoke().load_async(&mut conn).await?;
             let again: Vec<Vec<usize>> = missing.iter().map(|&c| calls[c].clone()).collect();
-            let redo = run_settle_pipeline(&mut conn, batch, &again).await?;
+            let redo = run_settle_pipeline(&mut conn, &self.ns, batch, &again).await?;
             for (c, r) in missing.into_iter().zip(redo) {
                 replies[c] = r;
             }
@@ -519,7 +600,7 @@ impl Store {
         dlq_retention_ms: i64,
         default_result_ttl_ms: i64,
     ) -> Result<Recovered> {
-        let k = QueueKeys::new(queue);
+        let k = self.ns.queue(queue);
         let reply: Value = RECOVER_EXPIRED
             .key(k.active())
             .key(k.due())
@@ -552,7 +633,7 @@ impl Store {
         default_result_ttl_ms: i64,
     ) -> Result<CancelOutcome> {
         const S: &str = "cancel";
-        let k = QueueKeys::new(queue);
+        let k = self.ns.queue(queue);
         let reply: Value = CANCEL
             .key(k.job(id))
             .key(k.due())
@@ -578,7 +659,7 @@ impl Store {
     /// the given `ids`, or the oldest `limit` entries when `ids` is empty.
     pub async fn dlq_requeue(&self, queue: &str, ids: &[String], limit: usize) -> Result<Requeued> {
         const S: &str = "dlq_requeue";
-        let k = QueueKeys::new(queue);
+        let k = self.ns.queue(queue);
         let mut inv = DLQ_REQUEUE.key(k.dlq());
         inv.key(k.due())
             .key(k.job_prefix())
@@ -602,7 +683,7 @@ impl Store {
     /// `ids`, or the oldest `limit` entries when `ids` is empty. Returns the
     /// number of dead-letter entries removed.
     pub async fn dlq_purge(&self, queue: &str, ids: &[String], limit: usize) -> Result<i64> {
-        let k = QueueKeys::new(queue);
+        let k = self.ns.queue(queue);
         let mut inv = DLQ_PURGE.key(k.dlq());
         inv.key(k.job_prefix()).arg(limit.max(1));
         for id in ids {
@@ -618,7 +699,7 @@ impl Store {
     /// Number of entries in the dead-letter set of `queue`.
     pub async fn dlq_len(&self, queue: &str) -> Result<i64> {
         Ok(redis::cmd("ZCARD")
-            .arg(QueueKeys::new(queue).dlq())
+            .arg(self.ns.queue(queue).dlq())
             .query_async(&mut self.conn.clone())
             .await?)
     }
@@ -627,7 +708,7 @@ impl Store {
     /// records (`ZRANGE` + pipelined `HGETALL`). Entries whose record expired
     /// are skipped and pruned.
     pub async fn dlq_list(&self, queue: &str, limit: usize) -> Result<Vec<DlqEntry>> {
-        let k = QueueKeys::new(queue);
+        let k = self.ns.queue(queue);
         let mut conn = self.conn.clone();
         let ids: Vec<(String, f64)> = redis::cmd("ZRANGE")
             .arg(k.dlq())
@@ -676,22 +757,41 @@ impl Store {
         id: &str,
     ) -> Result<Option<std::collections::BTreeMap<String, String>>> {
         let fields: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
-            .arg(QueueKeys::new(queue).job(id))
+            .arg(self.ns.queue(queue).job(id))
             .query_async(&mut self.conn.clone())
             .await?;
         Ok((!fields.is_empty()).then_some(fields))
     }
 
-    /// The queue holding job `id`, looked up in every member of `rrq:queues`
+    /// The queue holding job `id`, looked up in every member of `<prefix>:queues`
     /// in one pipelined round trip; `None` when no queue has it.
     pub async fn find_job_queue(&self, id: &str) -> Result<Option<String>> {
+        // A registered id names its record: one round trip, whatever the
+        // number of queues.
+        let held: Option<String> = redis::cmd("HGET")
+            .arg(self.ns.ids())
+            .arg(id)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if let Some(queue) = held
+            .as_deref()
+            .and_then(|k| self.ns.queue_of_job_key(k, id))
+        {
+            let exists: i64 = redis::cmd("EXISTS")
+                .arg(self.ns.queue(queue).job(id))
+                .query_async(&mut self.conn.clone())
+                .await?;
+            if exists > 0 {
+                return Ok(Some(queue.to_owned()));
+            }
+        }
         let queues = self.queues().await?;
         if queues.is_empty() {
             return Ok(None);
         }
         let mut pipe = redis::pipe();
         for q in &queues {
-            pipe.cmd("EXISTS").arg(QueueKeys::new(q).job(id));
+            pipe.cmd("EXISTS").arg(self.ns.queue(q).job(id));
         }
         let found: Vec<i64> = pipe.query_async(&mut self.conn.clone()).await?;
         let mut hits: Vec<String> = queues
@@ -704,6 +804,49 @@ impl Store {
         Ok(hits.into_iter().next())
     }
 
+    /// One step of pruning the id registry (`<prefix>:ids`): reads up to
+    /// `count` entries from `cursor` (HSCAN), and drops those whose record no
+    /// longer exists (`forget_ids.lua`, which checks each again). Returns the
+    /// next cursor (0 when a pass is complete) and the entries dropped.
+    pub async fn forget_stale_ids(&self, cursor: u64, count: usize) -> Result<(u64, i64)> {
+        let mut conn = self.conn.clone();
+        let (next, flat): (u64, Vec<String>) = redis::cmd("HSCAN")
+            .arg(self.ns.ids())
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(count.max(1))
+            .query_async(&mut conn)
+            .await?;
+        let entries: Vec<(&String, &String)> =
+            flat.chunks_exact(2).map(|p| (&p[0], &p[1])).collect();
+        if entries.is_empty() {
+            return Ok((next, 0));
+        }
+        let mut pipe = redis::pipe();
+        for (_, key) in &entries {
+            pipe.cmd("EXISTS").arg(*key);
+        }
+        let exists: Vec<i64> = pipe.query_async(&mut conn).await?;
+        let stale: Vec<_> = entries
+            .into_iter()
+            .zip(exists)
+            .filter(|(_, n)| *n == 0)
+            .map(|(entry, _)| entry)
+            .collect();
+        if stale.is_empty() {
+            return Ok((next, 0));
+        }
+        let mut inv = FORGET_IDS.key(self.ns.ids());
+        for (id, key) in &stale {
+            inv.key(*key).arg(*id);
+        }
+        let dropped: i64 = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(Error::from_redis)?;
+        Ok((next, dropped))
+    }
+
     /// Redis `TIME` in epoch ms.
     pub async fn time_ms(&self) -> Result<i64> {
         let (secs, micros): (i64, i64) = redis::cmd("TIME")
@@ -712,10 +855,10 @@ impl Store {
         Ok(secs * 1000 + micros / 1000)
     }
 
-    /// Members of `rrq:queues`.
+    /// Members of `<prefix>:queues`.
     pub async fn queues(&self) -> Result<Vec<String>> {
         let names: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::QUEUES)
+            .arg(self.ns.queues())
             .query_async(&mut self.conn.clone())
             .await?;
         Ok(names)
@@ -723,8 +866,12 @@ impl Store {
 }
 
 /// The `enqueue.lua` call for `req`: KEYS and ARGV exactly as the script's header lists them.
-fn enqueue_invocation(req: &EnqueueRequest) -> redis::ScriptInvocation<'static> {
-    let k = QueueKeys::new(&req.queue);
+fn enqueue_invocation(
+    ns: &Namespace,
+    req: &EnqueueRequest,
+    holder: Option<&str>,
+) -> redis::ScriptInvocation<'static> {
+    let k = ns.queue(&req.queue);
     let mut inv = ENQUEUE.key(k.job(&req.id));
     inv.key(k.due());
     let (rule, rule_key, window, max_wait) = match &req.rule {
@@ -734,7 +881,7 @@ fn enqueue_invocation(req: &EnqueueRequest) -> redis::ScriptInvocation<'static> 
             ("unique", key.as_str(), *ttl_ms, 0)
         }
         Some(EnqueueRule::RateLimit { key, window_ms }) => {
-            inv.key(k.rate_limit(key));
+            inv.key(k.rate_limit(key)).key(k.job_prefix());
             ("rate_limit", key.as_str(), *window_ms, 0)
         }
         Some(EnqueueRule::Debounce {
@@ -746,6 +893,14 @@ fn enqueue_invocation(req: &EnqueueRequest) -> redis::ScriptInvocation<'static> 
             ("debounce", key.as_str(), *delay_ms, *max_wait_ms)
         }
     };
+    // The id registry follows the rule's keys (the script finds it at KEYS[3]
+    // or KEYS[5]), then the record it named in an earlier round, if any.
+    if req.registered_id {
+        inv.key(ns.ids());
+        if let Some(key) = holder {
+            inv.key(key);
+        }
+    }
     inv.arg(&req.id)
         .arg(&req.function_name)
         .arg(&req.queue)
@@ -768,6 +923,39 @@ fn enqueue_invocation(req: &EnqueueRequest) -> redis::ScriptInvocation<'static> 
 
 /// Decodes an `enqueue.lua` reply. Public for the wire-format fuzzer (rrq-fuzz, fault row F30).
 #[doc(hidden)]
+/// `enqueue.lua`'s single-job answer, with the id registry's two replies.
+enum EnqueueReply {
+    /// An answer for the caller.
+    Done(Enqueued),
+    /// `{5, id, status}`: the record the caller passed holds the id.
+    HeldElsewhere {
+        /// Its `JobStatus` number.
+        status: i32,
+    },
+    /// `{6, key, 0}`: the registry names this record; call again with it.
+    Ask(String),
+}
+
+fn parse_enqueue_reply(reply: Value) -> Result<EnqueueReply> {
+    let items = array("enqueue", reply)?;
+    let [flag, second, third] = fixed::<3>("enqueue", items)?;
+    match int("enqueue", flag.clone())? {
+        5 => Ok(EnqueueReply::HeldElsewhere {
+            status: status("enqueue", third)?,
+        }),
+        6 => Ok(EnqueueReply::Ask(string("enqueue", second)?)),
+        _ => parse_enqueued(Value::Array(vec![flag, second, third])).map(EnqueueReply::Done),
+    }
+}
+
+fn registry_unsettled() -> Error {
+    protocol(
+        "enqueue",
+        format!("the id registry named another record in each of {REGISTRY_ROUNDS} rounds"),
+    )
+}
+
+/// `enqueue.lua`'s single-job answer `{flag, id, value}` (flags 0 to 4).
 pub fn parse_enqueued(reply: Value) -> Result<Enqueued> {
     let items = array("enqueue", reply)?;
     let [flag, id, third] = fixed::<3>("enqueue", items)?;
@@ -856,6 +1044,7 @@ fn settle_calls(batch: &[Settle]) -> Vec<Vec<usize>> {
 
 async fn run_settle_pipeline(
     conn: &mut ConnectionManager,
+    ns: &Namespace,
     batch: &[Settle],
     calls: &[Vec<usize>],
 ) -> Result<Vec<RedisResult<Value>>> {
@@ -863,7 +1052,7 @@ async fn run_settle_pipeline(
     pipe.ignore_errors();
     for members in calls {
         let first = &batch[members[0]];
-        let k = QueueKeys::new(&first.queue);
+        let k = ns.queue(&first.queue);
         let mut inv = SETTLE.key(k.due());
         inv.key(k.active())
             .key(k.dlq())

@@ -56,8 +56,9 @@ where
         }
     };
     let dsn = cfg.redis_dsn.clone();
+    let prefix = cfg.key_prefix.clone();
     let result = runtime.block_on(async move {
-        let store = connect(&dsn).await?;
+        let store = connect(&dsn, &prefix).await?;
         body(store, dsn).await
     });
     match result {
@@ -69,8 +70,10 @@ where
     }
 }
 
-async fn connect(dsn: &str) -> Result<Store, Failure> {
+async fn connect(dsn: &str, prefix: &str) -> Result<Store, Failure> {
     let client = rrq_store::open_client(dsn).map_err(|e| Failure(2, format!("redis_dsn: {e}")))?;
+    let ns = rrq_store::Namespace::of_client(prefix, &client)
+        .map_err(|e| Failure(2, format!("key_prefix: {e}")))?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(3)))
         .set_response_timeout(Some(Duration::from_secs(10)));
@@ -88,7 +91,7 @@ async fn connect(dsn: &str) -> Result<Store, Failure> {
     .await
     .map_err(|e| redis_failure(dsn, e))?;
     drop(conn);
-    Ok(Store::new(manager))
+    Ok(Store::new(manager, ns))
 }
 
 /// Redis failures in the middle of a command: unreachable (3) when it is a

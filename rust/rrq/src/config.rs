@@ -108,6 +108,9 @@ pub struct Config {
     pub allow_evicting_redis: bool,
     /// Start even when Redis keeps nothing on disk (no AOF, no snapshots).
     pub allow_ephemeral_redis: bool,
+    /// First part of every Redis key and channel name: applications sharing
+    /// one Redis database apart by prefix never see each other's jobs.
+    pub key_prefix: String,
 }
 
 impl Default for Config {
@@ -137,6 +140,7 @@ impl Default for Config {
             cron_jobs: Vec::new(),
             allow_evicting_redis: false,
             allow_ephemeral_redis: false,
+            key_prefix: rrq_store::keys::DEFAULT_PREFIX.to_owned(),
         }
     }
 }
@@ -257,6 +261,9 @@ impl Config {
     /// Checks ranges and cross references; returns the failing key and why.
     fn validate(&self) -> Result<(), (String, String)> {
         let key = |k: &str| format!("rrq.{k}");
+        if let Err(e) = rrq_store::Namespace::new(&self.key_prefix, 0) {
+            return Err((key("key_prefix"), e.to_string()));
+        }
         let positive = [
             (
                 "default_job_timeout_seconds",

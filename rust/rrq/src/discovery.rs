@@ -1,12 +1,14 @@
 //! Wake-ups, cancel requests and queue discovery: the pub/sub listener
-//! (`PSUBSCRIBE rrq:*:wake`, or `SUBSCRIBE` per queue with `--queue`, plus
-//! `PSUBSCRIBE rrq:*:cancel`) and the periodic `SMEMBERS rrq:queues` refresh.
+//! (`PSUBSCRIBE <prefix>:db<N>:{*}:wake`, or `SUBSCRIBE` per queue with
+//! `--queue`, plus `PSUBSCRIBE <prefix>:db<N>:{*}:cancel`: only this
+//! namespace's channels, so another database's or prefix's queues are never
+//! discovered or cancelled) and the periodic `SMEMBERS <prefix>:queues` refresh.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use rrq_store::{QueueKeys, Store, keys};
+use rrq_store::{Namespace, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -20,6 +22,7 @@ const REFRESH: Duration = Duration::from_secs(2);
 /// Listens for wake-up and cancel messages until `stop`; reconnects with backoff.
 pub async fn listen(
     client: redis::Client,
+    ns: Namespace,
     queues: Arc<ServedQueues>,
     wake: Arc<Wake>,
     dispatcher: Arc<Dispatcher>,
@@ -31,21 +34,21 @@ pub async fn listen(
             let mut pubsub = client.get_async_pubsub().await?;
             if queues.fixed {
                 for q in queues.list() {
-                    pubsub.subscribe(QueueKeys::new(&q).wake_channel()).await?;
+                    pubsub.subscribe(ns.queue(&q).wake_channel()).await?;
                 }
             } else {
-                pubsub.psubscribe(keys::WAKE_PATTERN).await?;
+                pubsub.psubscribe(ns.wake_pattern()).await?;
             }
-            pubsub.psubscribe(keys::CANCEL_PATTERN).await?;
+            pubsub.psubscribe(ns.cancel_pattern()).await?;
             // Anything published while we were not subscribed was missed.
             wake.all();
             let mut messages = pubsub.into_on_message();
             while let Some(msg) = messages.next().await {
                 let channel = msg.get_channel_name();
-                if let Some(queue) = keys::queue_of_wake_channel(channel) {
+                if let Some(queue) = ns.queue_of_wake_channel(channel) {
                     queues.add(queue);
                     wake.queue(queue);
-                } else if let Some(queue) = keys::queue_of_cancel_channel(channel) {
+                } else if let Some(queue) = ns.queue_of_cancel_channel(channel) {
                     match msg.get_payload::<String>() {
                         Ok(job_id) if !job_id.is_empty() => {
                             debug!(queue, %job_id, "cancel request");
@@ -99,7 +102,7 @@ pub async fn refresh(
                     }
                 }
             }
-            Err(e) => warn!("reading {} failed: {e}", keys::QUEUES),
+            Err(e) => warn!("reading {} failed: {e}", store.namespace().queues()),
         }
     }
 }

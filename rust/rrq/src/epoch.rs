@@ -2,7 +2,7 @@
 //!
 //! A Redis restarted without persistence (or flushed) comes back empty, and
 //! every job it held is gone with nothing to say so. RRQ keeps one key,
-//! `rrq:epoch`, holding a random value that every orchestrator learns at
+//! `<prefix>:epoch`, holding a random value that every orchestrator learns at
 //! start and checks with each health heartbeat. When the value changes, or
 //! the key is gone, the data it lived beside is gone too: the orchestrator
 //! logs an error marked CRITICAL, counts it in `redis_data_losses` of its
@@ -11,7 +11,6 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rrq_store::keys;
 use tracing::error;
 
 /// The epoch this orchestrator knows, and how many losses it saw.
@@ -53,10 +52,9 @@ impl EpochWatch {
             self.losses.fetch_add(1, Ordering::Relaxed);
             error!(
                 was = %was, now = %now,
-                "CRITICAL: Redis lost its data: the epoch key {} changed (Redis restarted \
+                "CRITICAL: Redis lost its data: the epoch key changed (Redis restarted \
                  without persistence, or was flushed). Jobs acknowledged before this moment \
-                 may be gone; serving on",
-                keys::EPOCH
+                 may be gone; serving on"
             );
         }
         *known = Some(current);
@@ -68,20 +66,21 @@ impl EpochWatch {
         self.losses.load(Ordering::Relaxed)
     }
 
-    /// Creates the epoch if absent and reads it (one round trip).
+    /// Creates the epoch `key` if absent and reads it (one round trip).
     pub async fn check(
         &self,
         conn: &mut impl redis::aio::ConnectionLike,
+        key: &str,
     ) -> redis::RedisResult<Observation> {
         let candidate = format!("{:016x}", fastrand::u64(..));
         let (current,): (String,) = redis::pipe()
             .cmd("SET")
-            .arg(keys::EPOCH)
+            .arg(key)
             .arg(&candidate)
             .arg("NX")
             .ignore()
             .cmd("GET")
-            .arg(keys::EPOCH)
+            .arg(key)
             .query_async(conn)
             .await?;
         Ok(self.observe(current))

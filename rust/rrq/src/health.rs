@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rrq_store::{Store, keys};
+use rrq_store::Store;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -59,6 +59,7 @@ impl Heartbeat {
     /// Writes the heartbeat once.
     pub async fn write(&self) -> redis::RedisResult<()> {
         let mut conn = self.store.connection();
+        let ns = self.store.namespace();
         let sent = Instant::now();
         let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
         let now = secs * 1000 + micros / 1000;
@@ -75,10 +76,10 @@ impl Heartbeat {
                 )
             })
             .collect();
-        if let Err(e) = self.epoch.check(&mut conn).await {
+        if let Err(e) = self.epoch.check(&mut conn, &ns.epoch()).await {
             warn!("checking the Redis epoch failed: {e}");
         }
-        let key = keys::orchestrator(&self.instance_id);
+        let key = ns.orchestrator(&self.instance_id);
         let fields: [(&str, String); 9] = [
             ("version", env!("CARGO_PKG_VERSION").to_owned()),
             ("started_at_ms", self.started_at_ms.to_string()),
@@ -98,7 +99,7 @@ impl Heartbeat {
         ];
         redis::pipe()
             .cmd("ZADD")
-            .arg(keys::ORCHESTRATORS)
+            .arg(ns.orchestrators())
             .arg(now + TTL_MS)
             .arg(&self.instance_id)
             .ignore()
@@ -111,7 +112,7 @@ impl Heartbeat {
             .arg(TTL_MS)
             .ignore()
             .cmd("ZREMRANGEBYSCORE")
-            .arg(keys::ORCHESTRATORS)
+            .arg(ns.orchestrators())
             .arg("-inf")
             .arg(now)
             .ignore()
@@ -121,13 +122,14 @@ impl Heartbeat {
 
     /// Removes this instance's heartbeat (clean shutdown).
     pub async fn remove(&self) -> redis::RedisResult<()> {
+        let ns = self.store.namespace();
         redis::pipe()
             .cmd("ZREM")
-            .arg(keys::ORCHESTRATORS)
+            .arg(ns.orchestrators())
             .arg(&self.instance_id)
             .ignore()
             .cmd("DEL")
-            .arg(keys::orchestrator(&self.instance_id))
+            .arg(ns.orchestrator(&self.instance_id))
             .ignore()
             .query_async::<()>(&mut self.store.connection())
             .await
@@ -178,16 +180,17 @@ pub struct Instance {
 /// Reads the live instances (pruning expired members first).
 pub async fn live_instances(store: &Store) -> redis::RedisResult<Vec<Instance>> {
     let mut conn = store.connection();
+    let ns = store.namespace();
     let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
     let now = secs * 1000 + micros / 1000;
     let (ids,): (Vec<String>,) = redis::pipe()
         .cmd("ZREMRANGEBYSCORE")
-        .arg(keys::ORCHESTRATORS)
+        .arg(ns.orchestrators())
         .arg("-inf")
         .arg(now)
         .ignore()
         .cmd("ZRANGEBYSCORE")
-        .arg(keys::ORCHESTRATORS)
+        .arg(ns.orchestrators())
         .arg(format!("({now}"))
         .arg("+inf")
         .query_async(&mut conn)
@@ -197,7 +200,7 @@ pub async fn live_instances(store: &Store) -> redis::RedisResult<Vec<Instance>> 
     }
     let mut pipe = redis::pipe();
     for id in &ids {
-        pipe.cmd("HGETALL").arg(keys::orchestrator(id));
+        pipe.cmd("HGETALL").arg(ns.orchestrator(id));
     }
     let records: Vec<BTreeMap<String, String>> = pipe.query_async(&mut conn).await?;
     Ok(ids

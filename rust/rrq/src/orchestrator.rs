@@ -95,7 +95,15 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
             }
         }
     }
-    let store = Store::new(conn);
+    // Validated with the config; the database comes from the DSN.
+    let ns = rrq_store::Namespace::of_client(&cfg.key_prefix, &client).map_err(|e| {
+        Error::Config(crate::config::ConfigError::Invalid {
+            origin: "rrq.toml".to_owned(),
+            key: "rrq.key_prefix".to_owned(),
+            message: e.to_string(),
+        })
+    })?;
+    let store = Store::new(conn, ns.clone());
     let clock = Arc::new(RedisClock::new());
     let started_at_ms = {
         let sent = std::time::Instant::now();
@@ -198,6 +206,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         ),
         tokio::spawn(discovery::listen(
             client.clone(),
+            ns,
             queues.clone(),
             wake.clone(),
             dispatcher.clone(),

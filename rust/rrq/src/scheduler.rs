@@ -281,7 +281,7 @@ impl Scheduler {
         }
         let mut conn = self.store.connection();
         for queue in self.queues.list() {
-            match queue_idle(&mut conn, &queue).await {
+            match queue_idle(&mut conn, &self.store.namespace().queue(&queue)).await {
                 Ok(true) => {}
                 Ok(false) => return false,
                 Err(e) => {
@@ -303,9 +303,8 @@ const BURST_PROBE: isize = 100;
 /// work still in progress; a job deferred by its producer is not).
 async fn queue_idle(
     conn: &mut redis::aio::ConnectionManager,
-    queue: &str,
+    k: &QueueKeys,
 ) -> redis::RedisResult<bool> {
-    let k = QueueKeys::new(queue);
     let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(conn).await?;
     let now_ms = secs * 1000 + micros / 1000;
     let (due_now, active, upcoming): (i64, i64, Vec<String>) = redis::pipe()

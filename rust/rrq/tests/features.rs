@@ -15,7 +15,7 @@ use common::*;
 use rrq_proto::v1::{
     CancelReason, Cancelled, Failure, FailureKind, Success, orchestrator_message, outcome,
 };
-use rrq_store::{CancelOutcome, JobStatus, QueueKeys, Settle, SettleAction, Store};
+use rrq_store::{CancelOutcome, JobStatus, Namespace, Settle, SettleAction, Store};
 
 /// Runs `rrq <args>` against `dsn` and returns its output.
 async fn rrq_cli(dsn: &str, args: &[&str]) -> Output {
@@ -233,7 +233,7 @@ async fn cron_makes_one_job_per_tick_with_two_orchestrators() {
     for pair in ticks.windows(2) {
         assert_eq!(pair[1] - pair[0], 1000, "no tick missed: {ticks:?}");
     }
-    let k = QueueKeys::new("default");
+    let k = Namespace::default().queue("default");
     for (i, &t) in ticks.iter().enumerate() {
         let id = format!("cron:tick:{t}");
         let run_at = job_run_at_ms(&store, "default", &id).await;
@@ -282,7 +282,7 @@ async fn cron_catches_up_only_the_latest_tick_within_the_grace() {
     let hour = 3_600_000;
     let (h1, h2) = (before - before % hour, after - after % hour);
     if h1 == h2 {
-        let k = QueueKeys::new("default");
+        let k = Namespace::default().queue("default");
         // The most recent tick (< 1 h old, within the 2 h grace) is enqueued
         // before the ready line (due at once, its tick being past)...
         let id = format!("cron:hourly:{h1}");

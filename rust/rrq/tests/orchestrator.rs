@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use rrq_proto::v1::{ExecutionRequest, Retry, Success, orchestrator_message, outcome};
-use rrq_store::{Enqueued, JobStatus, QueueKeys, Settle, SettleAction, Store};
+use rrq_store::{Enqueued, JobStatus, Namespace, Settle, SettleAction, Store};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_succeeds() {
@@ -222,7 +222,7 @@ async fn unknown_function_fails_fast() {
         "{message}"
     );
     let in_dlq: Option<f64> = redis::cmd("ZSCORE")
-        .arg(QueueKeys::new("default").dlq())
+        .arg(Namespace::default().queue("default").dlq())
         .arg("u-1")
         .query_async(&mut store.connection())
         .await

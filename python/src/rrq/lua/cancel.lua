@@ -21,6 +21,20 @@ local STATUS_PENDING = 1
 local STATUS_ACTIVE = 2
 local STATUS_RETRYING = 3
 local STATUS_CANCELLED = 6
+-- BEGIN generated limits (rust/rrq-store/limits.toml; make gen)
+local MAX_RETRIES = 10000
+local MAX_DURATION_MS = 315360000000
+-- END generated limits
+
+-- The record's own TTL when Redis can apply it, else the default (text, as
+-- PEXPIRE takes it). A record planted by hand or written before ranges were
+-- checked must not fail the script half-way: PEXPIRE refuses a time past
+-- 2^63 ms and text such as '1e3', and a script's writes before an error stay.
+local function ttl_or(value, default)
+  local n = tonumber(value)
+  if n and n >= 1 and n <= MAX_DURATION_MS and n % 1 == 0 then return string.format('%d', n) end
+  return default
+end
 
 local f = redis.call('HMGET', job_key, 'status', 'result_ttl_ms')
 local status = tonumber(f[1])
@@ -34,7 +48,7 @@ if status == STATUS_PENDING or status == STATUS_RETRYING then
   redis.call('ZREM', due_key, ARGV[1])
   redis.call('HSET', job_key, 'status', STATUS_CANCELLED, 'finished_at_ms', now,
     'last_error', ARGV[2], 'last_error_type', 'Cancelled')
-  redis.call('PEXPIRE', job_key, tonumber(f[2]) or tonumber(ARGV[3]))
+  redis.call('PEXPIRE', job_key, ttl_or(f[2], ARGV[3]))
   redis.call('PUBLISH', ARGV[4], STATUS_CANCELLED)
   return {1, STATUS_CANCELLED}
 elseif status == STATUS_ACTIVE then

@@ -7,24 +7,31 @@
 --                          unique:     rrq:{<queue>}:unique:<key>     string: job id
 --                          rate_limit: rrq:{<queue>}:rate_limit:<key> string: job id
 --                          debounce:   rrq:{<queue>}:debounce:<key>   hash: job_id, first_at_ms
--- KEYS[4]  job key prefix  rrq:{<queue>}:job:   (only with unique and debounce)
+-- KEYS[4]  job key prefix  rrq:{<queue>}:job:   (with every rule)
+-- KEYS[r]  id registry     rrq:ids   hash: job id -> key of the record holding
+--                          it; only when the caller chose the id (r = 3
+--                          without a rule, 5 with one)
+-- KEYS[r+1] (optional) the record key a {6, key, 0} reply named, passed back
+--                          so that this call may look at it
 -- ARGV[1]  job id
 -- ARGV[2]  function_name
 -- ARGV[3]  queue_name (unused here: the queue is in every key; kept for a stable call)
 -- ARGV[4]  params_json (UTF-8 JSON text of an object)
--- ARGV[5]  max_retries            (integer >= 0)
--- ARGV[6]  job_timeout_ms         (integer >= 0; 0 = orchestrator default)
--- ARGV[7]  result_ttl_ms          (integer >= 0; 0 = orchestrator default)
--- ARGV[8]  defer_ms               (integer >= 0, relative to Redis TIME)
--- ARGV[9]  run_at_ms              (integer >= 0, absolute; 0 = none)
+-- ARGV[5]  max_retries            (integer 0..MAX_RETRIES)
+-- ARGV[6]  job_timeout_ms         (integer 0..MAX_DURATION_MS; 0 = orchestrator default)
+-- ARGV[7]  result_ttl_ms          (integer 0..MAX_DURATION_MS; 0 = orchestrator default)
+-- ARGV[8]  defer_ms               (integer 0..MAX_DURATION_MS, relative to Redis TIME)
+-- ARGV[9]  run_at_ms              (integer >= 0, absolute, at most MAX_DURATION_MS
+--                                  after Redis TIME; 0 = none)
 -- ARGV[10] trace_parent
 -- ARGV[11] trace_state
 -- ARGV[12] max_params_bytes
 -- ARGV[13] wake channel           rrq:{<queue>}:wake
 -- ARGV[14] rule: '' (none), 'unique', 'rate_limit' or 'debounce'
 -- ARGV[15] rule key as the user gave it (stored in the record)
--- ARGV[16] rule window ms: unique TTL, rate-limit window, or debounce delay (integer > 0)
--- ARGV[17] debounce max wait ms (integer >= 0; 0 = no cap)
+-- ARGV[16] rule window ms: unique TTL, rate-limit window, or debounce delay
+--          (integer 1..MAX_DURATION_MS)
+-- ARGV[17] debounce max wait ms (integer 0..MAX_DURATION_MS; 0 = no cap)
 -- ARGV[18..] more jobs, without a rule: pairs of (job id, params_json) that
 --          share every other argument (enqueue_many). Their job hashes are
 --          KEYS[1]'s prefix .. id, in the same hash slot.
@@ -33,16 +40,26 @@
 --         {0, job_id, status}      a job with this id already exists (nothing written);
 --         {2, existing_id, status} unique: the key is held by that job (nothing written);
 --         {3, '', 0}               rate_limit: the window is still closed (nothing written);
---         {4, existing_id, run_at} debounce: the waiting job got these params and run time.
+--         {4, existing_id, run_at} debounce: the waiting job got these params and run time;
+--         {5, job_id, status}      the registry's record of this id, in another
+--                                  queue (KEYS[r+1]), exists (nothing written);
+--         {6, record_key, 0}       the registry names a record in another queue
+--                                  that this call was not given: call again with
+--                                  it as KEYS[r+1] (nothing written).
 -- With more jobs: {run_at_ms, s1, s2, ...}, one s per job in order (ARGV[1]
 -- first, then each pair): 0 when it was written, else the status number of
 -- the job that already had its id (nothing written for it). Integers only:
 -- the caller knows the ids, and parsing them back costs it more than the
 -- script's own work.
--- Errors (nothing written): RRQ_PAYLOAD_TOO_LARGE, RRQ_INVALID_PARAMS, RRQ_INVALID_ARGUMENT.
+-- Errors (nothing written): RRQ_PAYLOAD_TOO_LARGE, RRQ_INVALID_PARAMS, RRQ_INVALID_ARGUMENT
+-- (which names the argument and its range).
 --
 -- Guarantee: every input is validated before the first write; then either the
--- whole record, its due entry and its rule key are written, or nothing is.
+-- whole record, its due entry, its rule key and its registry entry are
+-- written, or nothing is. With the registry, a chosen id names at most one
+-- job across all queues of the prefix: the check and the write are one script.
+-- (The registry is one key outside the queue's hash slot: on Redis Cluster the
+-- rule is per queue; see docs/guarantees.md.)
 -- With more jobs, each is written or found existing on its own, as if
 -- enqueued one after another at the same Redis time.
 -- The clock is Redis TIME, so a producer's clock never decides when a job runs.
@@ -53,6 +70,10 @@ local job_prefix = KEYS[4]
 
 local STATUS_PENDING = 1
 local STATUS_PENDING_TEXT = '1'
+-- BEGIN generated limits (rust/rrq-store/limits.toml; make gen)
+local MAX_RETRIES = 10000
+local MAX_DURATION_MS = 315360000000
+-- END generated limits
 
 -- A number as redis.call would write it ('%.17g'), by the integer path where
 -- that is the same text: glibc's '%.17g' costs about ten times its '%d'.
@@ -72,6 +93,9 @@ local function nonneg_int(value)
 end
 local function not_nonneg_int(name, value)
   return redis.error_reply('RRQ_INVALID_ARGUMENT ' .. name .. ' must be a non-negative integer, got ' .. tostring(value))
+end
+local function over(name, value, max)
+  return redis.error_reply('RRQ_INVALID_ARGUMENT ' .. name .. ' must be at most ' .. max .. ', got ' .. tostring(value))
 end
 
 local params = ARGV[4]
@@ -144,6 +168,15 @@ if not (max_retries and job_timeout_ms and result_ttl_ms and defer_ms and run_at
     if not nonneg_int(ARGV[4 + i]) then return not_nonneg_int(name, ARGV[4 + i]) end
   end
 end
+-- Above these, Redis could not expire the record (PEXPIRE refuses a time
+-- past 2^63 ms) and readers could not parse it back: refused here, before
+-- the first write, whichever producer sent them.
+if max_retries > MAX_RETRIES then return over('max_retries', ARGV[5], MAX_RETRIES) end
+if job_timeout_ms > MAX_DURATION_MS or result_ttl_ms > MAX_DURATION_MS or defer_ms > MAX_DURATION_MS then
+  for i, name in ipairs({'job_timeout_ms', 'result_ttl_ms', 'defer_ms'}) do
+    if tonumber(ARGV[5 + i]) > MAX_DURATION_MS then return over(name, ARGV[5 + i], MAX_DURATION_MS) end
+  end
+end
 
 local rule = ARGV[14] or ''
 local window, max_wait = 0, 0
@@ -165,12 +198,17 @@ if rule ~= '' then
   if window == 0 then
     return redis.error_reply('RRQ_INVALID_ARGUMENT the ' .. rule .. ' window must be positive')
   end
+  if window > MAX_DURATION_MS then return over(rule .. ' window ms', ARGV[16], MAX_DURATION_MS) end
   max_wait = nonneg_int(ARGV[17] or '0')
   if not max_wait then return not_nonneg_int('debounce max wait ms', ARGV[17]) end
+  if max_wait > MAX_DURATION_MS then return over('debounce max wait ms', ARGV[17], MAX_DURATION_MS) end
 end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if run_at_arg > now + MAX_DURATION_MS then
+  return over('run_at_ms', ARGV[9], 'Redis time + ' .. MAX_DURATION_MS .. ' (' .. num_text(now + MAX_DURATION_MS) .. ')')
+end
 local run_at = math.max(now + defer_ms, run_at_arg)
 
 -- A new job's record, to run at `run_at`, as HSET's field/value list; its
@@ -245,6 +283,26 @@ if existing then
   return {0, ARGV[1], tonumber(existing)}
 end
 
+-- A chosen id is registered to the record that holds it. A registry entry
+-- naming a record in another queue holds the id while that record exists;
+-- the record key reaches this script through KEYS like every other key (the
+-- {6} reply hands it to the caller, who calls again with it).
+local registry_at = (rule ~= '') and 5 or 3
+local registry_key = KEYS[registry_at]
+if registry_key then
+  local holder = redis.call('HGET', registry_key, ARGV[1])
+  if holder and holder ~= job_key then
+    if KEYS[registry_at + 1] ~= holder then
+      return {6, holder, 0}
+    end
+    local status = redis.call('HGET', holder, 'status')
+    if status then
+      return {5, ARGV[1], tonumber(status)}
+    end
+    -- That record expired or was purged: the id is free again.
+  end
+end
+
 if rule == 'unique' then
   local holder = redis.call('GET', rule_key)
   if holder then
@@ -291,6 +349,7 @@ if rule ~= '' then
   table.insert(fields, rule .. '_key'); table.insert(fields, ARGV[15])
 end
 redis.call('HSET', job_key, unpack(fields))
+if registry_key then redis.call('HSET', registry_key, ARGV[1], job_key) end
 local run_at_text = num_text(run_at)
 redis.call('ZADD', due_key, run_at_text, ARGV[1])
 redis.call('PUBLISH', ARGV[13], run_at_text)

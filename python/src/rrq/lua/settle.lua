@@ -26,7 +26,10 @@
 -- match (the job is not ACTIVE under this attempt and owner): nothing written.
 --
 -- Guarantee: the batch has the effect of its settles applied one by one, in
--- order; an invalid argument rejects the whole batch before any write.
+-- order; an invalid argument from the caller rejects the whole batch before
+-- any write, while one job's own data (a result TTL Redis cannot apply, a
+-- damaged error history, a retry delay out of range) is clamped or replaced
+-- for that job alone, so it never fails its batch.
 -- Terminal statuses absorb; a stale owner never overwrites a newer attempt;
 -- every failed attempt is appended to errors_json; a job whose cancellation
 -- was requested ends CANCELLED unless its handler completed; every terminal
@@ -49,13 +52,22 @@ local STATUS_CANCELLED = 6
 local MAX_ERRORS = 100
 local FIELDS = 8
 local FIRST = 5
+-- BEGIN generated limits (rust/rrq-store/limits.toml; make gen)
+local MAX_RETRIES = 10000
+local MAX_DURATION_MS = 315360000000
+-- END generated limits
 
 local default_ttl = ARGV[1]  -- ms, as text: only PEXPIRE reads them
 local dlq_retention = ARGV[2]
 local wake_channel = ARGV[3]
 local done_prefix = ARGV[4]
-if tonumber(default_ttl) == nil or tonumber(dlq_retention) == nil then
-  return redis.error_reply('RRQ_INVALID_ARGUMENT the result TTL and the dead-letter retention must be numbers')
+local function duration(text)
+  local n = tonumber(text)
+  return n and n >= 1 and n <= MAX_DURATION_MS and n % 1 == 0 and text == string.format('%d', n)
+end
+if not (duration(default_ttl) and duration(dlq_retention)) then
+  return redis.error_reply('RRQ_INVALID_ARGUMENT the result TTL and the dead-letter retention must be integers 1..'
+    .. MAX_DURATION_MS .. ' (ms), got ' .. tostring(default_ttl) .. ' and ' .. tostring(dlq_retention))
 end
 if (#ARGV - FIRST + 1) % FIELDS ~= 0 then
   return redis.error_reply('RRQ_INVALID_ARGUMENT settle takes ' .. FIELDS .. ' values per job after ' .. (FIRST - 1) .. ', got ' .. #ARGV)
@@ -88,20 +100,49 @@ for status = STATUS_PENDING, STATUS_CANCELLED do STATUS_TEXT[status] = tostring(
 local ACTIVE_TEXT = STATUS_TEXT[STATUS_ACTIVE]
 local settled = {}
 
--- Appends one failed attempt to the job's errors_json and sets
--- last_error/last_error_type.
-local function record_error(job_key, attempt, error_type, text, traceback)
+-- The record's own TTL when Redis can apply it, else the default (text, as
+-- PEXPIRE takes it). A record planted by hand or written before ranges were
+-- checked must not fail the script half-way: PEXPIRE refuses a time past
+-- 2^63 ms and text such as '1e3', and a script's writes before an error stay.
+local function ttl_or(value, default)
+  local n = tonumber(value)
+  if n and n >= 1 and n <= MAX_DURATION_MS and n % 1 == 0 then return string.format('%d', n) end
+  return default
+end
+
+-- The error history with one more entry, as JSON. A planted or damaged
+-- errors_json (not a list, or one cjson will not encode back) starts over
+-- rather than failing the script.
+local function history_with(raw, entry)
   local history = {}
-  local raw = redis.call('HGET', job_key, 'errors_json')
   if raw then
     local ok, decoded = pcall(cjson.decode, raw)
     if ok and type(decoded) == 'table' then history = decoded end
   end
-  table.insert(history, {attempt = attempt, error_type = error_type, message = text,
-    traceback = traceback, at_ms = now})
+  table.insert(history, entry)
   while #history > MAX_ERRORS do table.remove(history, 1) end
-  redis.call('HSET', job_key, 'errors_json', cjson.encode(history),
+  local ok, text = pcall(cjson.encode, history)
+  if ok then return text end
+  return cjson.encode({entry})
+end
+
+-- Appends one failed attempt to the job's errors_json and sets
+-- last_error/last_error_type.
+local function record_error(job_key, attempt, error_type, text, traceback)
+  local history = history_with(redis.call('HGET', job_key, 'errors_json'), {attempt = attempt,
+    error_type = error_type, message = text, traceback = traceback, at_ms = now})
+  redis.call('HSET', job_key, 'errors_json', history,
     'last_error', text, 'last_error_type', error_type)
+end
+
+-- A retry delay as an integer within 0..MAX_DURATION_MS: a runner's delay
+-- of 1e300, NaN or a negative number is one job's data and must neither
+-- fail the batch nor store a run time that readers cannot parse.
+local function clamped_delay(text)
+  local n = tonumber(text)
+  if not n or n ~= n or n < 0 then return 0 end
+  if n > MAX_DURATION_MS then return MAX_DURATION_MS end
+  return math.floor(n)
 end
 
 -- A terminal transition; `...` are more field/value pairs written in the same HSET.
@@ -133,7 +174,7 @@ local function settle_one(id, fence_attempt, owner, action, text, error_type, de
     return 0, tonumber(f[1]) or 0, tonumber(f[2]) or 0
   end
   local cancel_requested = f[6] == '1'
-  local result_ttl = f[5] and tonumber(f[5]) and f[5] or default_ttl
+  local result_ttl = f[5] and ttl_or(f[5], default_ttl) or default_ttl
 
   -- lease_owner stays as the owner of the last attempt: the fence also checks
   -- the status, and the next claim overwrites it (one command less per settle).
@@ -153,7 +194,7 @@ local function settle_one(id, fence_attempt, owner, action, text, error_type, de
       redis.call('ZADD', dlq_key, now_text, id)
       return finish(job_key, id, STATUS_FAILED, dlq_retention)
     end
-    return wait_again(job_key, id, STATUS_RETRYING, now + tonumber(delay_ms))
+    return wait_again(job_key, id, STATUS_RETRYING, now + clamped_delay(delay_ms))
   elseif action == 'cancel' then
     return finish(job_key, id, STATUS_CANCELLED, result_ttl,
       'last_error', text, 'last_error_type', 'Cancelled')

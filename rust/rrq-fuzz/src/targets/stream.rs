@@ -539,7 +539,7 @@ async fn drive(steps: Vec<Step>) -> Result<(), String> {
     let dispatcher = Dispatcher::new(
         cfg.clone(),
         "fuzz-owner".to_owned(),
-        Settler::start(Store::new(conn)),
+        Settler::start(Store::new(conn, rrq_store::Namespace::default())),
         Supervisor::default(),
         Arc::new(Wake::default()),
         None,

@@ -17,7 +17,7 @@ use rrq_proto::v1::{
     ExecutionRequest, Heartbeat, OrchestratorMessage, Outcome, OutcomeBatch, RunnerHello,
     RunnerMessage, orchestrator_message, outcome, runner_message,
 };
-use rrq_store::{EnqueueRequest, QueueKeys, Store};
+use rrq_store::{EnqueueRequest, Namespace, Store};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -43,7 +43,9 @@ impl Redis {
     }
 
     pub async fn store(&self) -> Store {
-        Store::connect(&self.client()).await.unwrap()
+        Store::connect(&self.client(), Namespace::default())
+            .await
+            .unwrap()
     }
 }
 
@@ -260,7 +262,7 @@ impl DoneWatch {
     pub async fn new(redis: &Redis, queue: &str, id: &str) -> Self {
         let mut pubsub = redis.client().get_async_pubsub().await.unwrap();
         pubsub
-            .subscribe(QueueKeys::new(queue).done_channel(id))
+            .subscribe(Namespace::default().queue(queue).done_channel(id))
             .await
             .unwrap();
         Self {
@@ -279,7 +281,7 @@ impl DoneWatch {
 
 pub async fn job_field(store: &Store, queue: &str, id: &str, field: &str) -> String {
     let v: Option<String> = redis::cmd("HGET")
-        .arg(QueueKeys::new(queue).job(id))
+        .arg(Namespace::default().queue(queue).job(id))
         .arg(field)
         .query_async(&mut store.connection())
         .await
