@@ -2,7 +2,9 @@
 import { randomBytes } from "node:crypto";
 
 import { type ClientConfig, type ClientConfigInput, loadConfig } from "./config.js";
+import { redactDsn, UNPARSEABLE } from "./dsn.js";
 import {
+  ConfigError,
   DuplicateJobError,
   InvalidOptionError,
   InvalidParamsError,
@@ -319,7 +321,7 @@ export class RRQClient {
 
   /** The Redis store (connects lazily). */
   get store(): Store {
-    this.#store ??= new Store(redisFromDsn(this.config.redisDsn));
+    this.#store ??= new Store(openRedis(this.config.redisDsn));
     return this.#store;
   }
 
@@ -709,5 +711,22 @@ export class RRQClient {
     );
     if (code === -1) throw new JobNotFoundError(jobId);
     return code > 0;
+  }
+}
+
+/**
+ * `redisFromDsn`, but an invalid DSN fails with a ConfigError that names only
+ * its scheme: the URL parser's TypeError carries the whole DSN, password
+ * included, in its `input` property.
+ */
+function openRedis(dsn: string): ReturnType<typeof redisFromDsn> {
+  try {
+    return redisFromDsn(dsn);
+  } catch {
+    const shown = redactDsn(dsn);
+    const scheme = shown === UNPARSEABLE ? "unknown" : shown.split("://")[0];
+    throw new ConfigError(
+      `redis_dsn is not a valid Redis DSN (scheme ${scheme}; the rest is not shown, it may contain a password)`,
+    );
   }
 }
