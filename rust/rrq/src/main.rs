@@ -25,7 +25,8 @@ fn main() -> ExitCode {
             match run(cfg, args.options()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("rrq: {e:#}");
+                    // The chain can quote job data (a job id in a store error).
+                    eprintln!("rrq: {}", rrq::logging::escape(&format!("{e:#}")));
                     let code = e
                         .downcast_ref::<rrq::Error>()
                         .map_or(1, rrq::Error::exit_code);
