@@ -3,7 +3,9 @@ import { MAX_DURATION_MS, MAX_RETRIES } from "./gen/limits.js";
 import { randomBytes } from "node:crypto";
 
 import { type ClientConfig, type ClientConfigInput, loadConfig } from "./config.js";
+import { redactDsn, UNPARSEABLE } from "./dsn.js";
 import {
+  ConfigError,
   DuplicateJobError,
   InvalidOptionError,
   InvalidParamsError,
@@ -341,7 +343,7 @@ export class RRQClient {
   /** The Redis store (connects lazily). */
   get store(): Store {
     if (this.#store === undefined) {
-      const redis = redisFromDsn(this.config.redisDsn);
+      const redis = openRedis(this.config.redisDsn);
       this.#store = new Store(redis, new Keys(this.config.keyPrefix, redis.options.db ?? 0));
     }
     return this.#store;
@@ -730,5 +732,22 @@ export class RRQClient {
     );
     if (code === -1) throw new JobNotFoundError(jobId);
     return code > 0;
+  }
+}
+
+/**
+ * `redisFromDsn`, but an invalid DSN fails with a ConfigError that names only
+ * its scheme: the URL parser's TypeError carries the whole DSN, password
+ * included, in its `input` property.
+ */
+function openRedis(dsn: string): ReturnType<typeof redisFromDsn> {
+  try {
+    return redisFromDsn(dsn);
+  } catch {
+    const shown = redactDsn(dsn);
+    const scheme = shown === UNPARSEABLE ? "unknown" : shown.split("://")[0];
+    throw new ConfigError(
+      `redis_dsn is not a valid Redis DSN (scheme ${scheme}; the rest is not shown, it may contain a password)`,
+    );
   }
 }

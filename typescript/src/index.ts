@@ -21,6 +21,7 @@ export {
   type WaitOptions,
 } from "./client.js";
 export { loadConfig, type ClientConfig, type ClientConfigInput } from "./config.js";
+export { redactDsn } from "./dsn.js";
 export {
   ConfigError,
   DuplicateJobError,

@@ -11,6 +11,7 @@ import { ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 
 import { RRQError } from "./errors.js";
+import { escapeControl } from "./escape.js";
 import { encodeJson, JsonEncodeError, utf8Length } from "./json.js";
 import type { Handler, Registry } from "./registry.js";
 import {
@@ -71,7 +72,8 @@ function log(level: LogLevel, message: string): void {
   const wanted = (process.env["RRQ_LOG_LEVEL"] ?? "info").toLowerCase() as LogLevel;
   if (LEVELS[level] < (LEVELS[wanted] ?? LEVELS.info)) return;
   process.stderr.write(
-    `${new Date().toISOString()} ${level.toUpperCase()} rrq.runner[${process.pid}]: ${message}\n`,
+    // Messages carry job ids, cancel reasons and error text: one line each, no terminal controls.
+    `${new Date().toISOString()} ${level.toUpperCase()} rrq.runner[${process.pid}]: ${escapeControl(message)}\n`,
   );
 }
 

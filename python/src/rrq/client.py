@@ -18,11 +18,13 @@ from typing import Any, Final, NoReturn, Self
 import redis.asyncio as aioredis
 
 from rrq import _tracing, _wire
+from rrq._dsn import UNPARSEABLE, redact_dsn
 from rrq._limits import MAX_DURATION_MS, MAX_RETRIES
 from rrq._resp import use_fast_packing
 from rrq._waiting import DoneSubscriptions
 from rrq.config import ClientConfig, load_config
 from rrq.exceptions import (
+    ConfigError,
     DuplicateJobError,
     InvalidOptionError,
     InvalidParamsError,
@@ -135,7 +137,18 @@ def _redis_from_dsn(dsn: str) -> aioredis.Redis:
     # redis-py knows unix://; redis+unix:// is the same thing in the Rust world.
     if dsn.startswith("redis+unix://"):
         dsn = "unix://" + dsn.removeprefix("redis+unix://")
-    redis = aioredis.Redis.from_url(dsn)
+    try:
+        redis = aioredis.Redis.from_url(dsn)
+    except ValueError:
+        # redis-py's message may quote a piece of the DSN (a bad port, the
+        # db), and a DSN that does not parse cannot be redacted reliably: say
+        # which scheme it had, and drop the original error.
+        shown = redact_dsn(dsn)
+        scheme = "unknown" if shown == UNPARSEABLE else shown.partition("://")[0]
+        raise ConfigError(
+            f"redis_dsn is not a valid Redis DSN (scheme {scheme}; the rest is not shown, "
+            "it may contain a password)"
+        ) from None
     use_fast_packing(redis.connection_pool)
     return redis
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rrq._dsn import redact_dsn
 from rrq.exceptions import ConfigError, InvalidOptionError
 from rrq.store import check_key_prefix
 
@@ -36,6 +37,18 @@ class ClientConfig:
     default_result_ttl_seconds: float = 86_400.0
     default_unique_job_lock_ttl_seconds: float = 21_600.0
     key_prefix: str = "rrq"
+
+    def __repr__(self) -> str:
+        # The DSN may hold a password: never shown, even in a repr.
+        return (
+            f"ClientConfig(redis_dsn={redact_dsn(self.redis_dsn)!r}, "
+            f"default_queue_name={self.default_queue_name!r}, "
+            f"default_max_retries={self.default_max_retries!r}, "
+            f"max_payload_bytes={self.max_payload_bytes!r}, "
+            f"default_result_ttl_seconds={self.default_result_ttl_seconds!r}, "
+            f"default_unique_job_lock_ttl_seconds={self.default_unique_job_lock_ttl_seconds!r}, "
+            f"key_prefix={self.key_prefix!r})"
+        )
 
 
 def _number(key: str, value: object) -> float:

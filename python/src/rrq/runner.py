@@ -30,6 +30,7 @@ from typing import Any, Final, Literal
 import grpc.aio
 
 from rrq import _tracing, _wire
+from rrq._log_escape import EscapingFilter
 from rrq.exceptions import FatalJobError, RetryJob
 from rrq.execution import ExecutionContext, ExecutionRequest
 from rrq.registry import Handler, Registry
@@ -45,6 +46,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("rrq.runner")
+# Job ids, cancel reasons and stream errors carry producers' and handlers'
+# text: escape every record of this logger (see _log_escape).
+log.addFilter(EscapingFilter())
 
 ADDR_ENV: Final = "RRQ_ORCHESTRATOR_ADDR"
 NAME_ENV: Final = "RRQ_RUNNER_NAME"

@@ -8,8 +8,9 @@ use crate::error::{Error, Result};
 /// Environment variable that overrides `redis_dsn`.
 pub const REDIS_DSN_ENV: &str = "RRQ_REDIS_DSN";
 
-/// The settings a producer uses, with the documented defaults.
-#[derive(Debug, Clone, PartialEq)]
+/// The settings a producer uses, with the documented defaults. Its `Debug`
+/// shows the DSN redacted ([`rrq_store::redact_dsn`]).
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ClientConfig {
     /// Redis to connect to.
@@ -26,6 +27,25 @@ pub struct ClientConfig {
     pub default_unique_job_lock_ttl_seconds: f64,
     /// First part of every Redis key and channel (`key_prefix`, default `rrq`).
     pub key_prefix: String,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("redis_dsn", &rrq_store::redact_dsn(&self.redis_dsn))
+            .field("default_queue_name", &self.default_queue_name)
+            .field("default_max_retries", &self.default_max_retries)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field(
+                "default_result_ttl_seconds",
+                &self.default_result_ttl_seconds,
+            )
+            .field(
+                "default_unique_job_lock_ttl_seconds",
+                &self.default_unique_job_lock_ttl_seconds,
+            )
+            .finish()
+    }
 }
 
 impl Default for ClientConfig {
@@ -140,6 +160,19 @@ impl ClientConfig {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn debug_hides_the_password() {
+        for dsn in [
+            "redis://:hunter2@h:1/0",
+            "unix://:hunter2@/run/redis.sock?db=0",
+            "redis+unix:///run/redis.sock?pass=hunter2",
+        ] {
+            let shown = format!("{:?}", ClientConfig::with_dsn(dsn));
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("***"), "{shown}");
+        }
+    }
 
     #[test]
     fn reads_the_producer_keys_and_ignores_the_rest() {

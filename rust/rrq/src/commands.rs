@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::cli::{CheckArgs, ConfigArg, DlqCommand, DlqInspectArgs, DlqListArgs, DlqTargetArgs};
 use crate::health;
+use crate::logging::escape;
 
 /// Jobs handled per script call by `--all`.
 const BATCH: usize = 100;
@@ -20,17 +21,41 @@ const BATCH: usize = 100;
 #[derive(Debug)]
 struct Failure(u8, String);
 
-fn redis_failure(dsn: &str, e: impl std::fmt::Display) -> Failure {
-    Failure(3, format!("cannot reach Redis at {}: {e}", redact(dsn)))
+impl Failure {
+    /// The reader of our stdout went away (`rrq dlq list | head`): not an
+    /// error of the command, so it ends quietly with status 0.
+    fn closed_pipe() -> Self {
+        Failure(0, String::new())
+    }
 }
 
-fn redact(dsn: &str) -> String {
-    match (dsn.find("://"), dsn.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &dsn[..scheme], &dsn[at + 1..])
-        }
-        _ => dsn.to_owned(),
+fn redis_failure(dsn: &str, e: impl std::fmt::Display) -> Failure {
+    Failure(
+        3,
+        format!("cannot reach Redis at {}: {e}", rrq_store::redact_dsn(dsn)),
+    )
+}
+
+/// Writes one line to stdout. `println!` panics when the pipe is closed;
+/// this reports it as [`Failure::closed_pipe`] so the command stops quietly.
+fn emit(line: &str) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::closed_pipe()),
+        Err(e) => Err(Failure(1, format!("cannot write to stdout: {e}"))),
     }
+}
+
+/// `println!` through [`emit`], with terminal controls escaped (job fields
+/// come from producers and handlers); only inside functions returning
+/// `Result<_, Failure>`. JSON output goes to [`emit`] as is: serde_json
+/// already escapes control characters.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        emit(&crate::logging::escape_keep_newlines(&format!($($arg)*)))?
+    };
 }
 
 /// Runs a command future on a small runtime and maps its result to an exit code.
@@ -64,7 +89,9 @@ where
     match result {
         Ok(code) => ExitCode::from(code),
         Err(Failure(code, message)) => {
-            eprintln!("rrq: {message}");
+            if !message.is_empty() {
+                eprintln!("rrq: {message}");
+            }
             ExitCode::from(code)
         }
     }
@@ -124,10 +151,10 @@ pub fn check(args: &CheckArgs) -> ExitCode {
                 "serving": instances.iter().filter(|i| i.serving).count(),
                 "orchestrators": instances,
             });
-            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            emit(&serde_json::to_string_pretty(&out).unwrap_or_default())?;
         } else {
             for i in &instances {
-                println!("{}", health::describe(i));
+                outln!("{}", health::describe(i));
             }
         }
         if let Some(reason) = reason {
@@ -147,13 +174,35 @@ pub fn dlq(command: &DlqCommand) -> ExitCode {
     }
 }
 
+/// The queues a command acts on: `given`, each of which must be a known
+/// queue (a member of the queues set), or every known queue. A typo in
+/// `--queue` is an error rather than "deleted 0".
 async fn queues_of(store: &Store, dsn: &str, given: &[String]) -> Result<Vec<String>, Failure> {
-    if !given.is_empty() {
-        return Ok(given.to_vec());
+    let mut known = store.queues().await.map_err(|e| store_failure(dsn, e))?;
+    known.sort();
+    if given.is_empty() {
+        return Ok(known);
     }
-    let mut q = store.queues().await.map_err(|e| store_failure(dsn, e))?;
-    q.sort();
-    Ok(q)
+    check_known(given, &known)?;
+    Ok(given.to_vec())
+}
+
+/// Fails with status 1 naming the first of `given` not in `known`.
+fn check_known(given: &[String], known: &[String]) -> Result<(), Failure> {
+    match given.iter().find(|q| !known.contains(q)) {
+        None => Ok(()),
+        Some(q) => Err(Failure(
+            1,
+            format!(
+                "queue {q:?} does not exist (known queues: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        )),
+    }
 }
 
 fn first_line(s: &str) -> &str {
@@ -194,21 +243,24 @@ async fn list(store: Store, dsn: String, a: &DlqListArgs) -> Result<u8, Failure>
     entries.truncate(a.limit);
     if a.json {
         let out: Vec<Value> = entries.iter().map(entry_json).collect();
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        emit(&serde_json::to_string_pretty(&out).unwrap_or_default())?;
     } else if entries.is_empty() {
-        println!("no dead-lettered jobs");
+        outln!("no dead-lettered jobs");
     } else {
         for e in &entries {
-            let f = |k: &str| e.fields.get(k).map(String::as_str).unwrap_or("");
-            println!(
+            // One line per job: a field's own newline is escaped too.
+            let f = |k: &str| escape(e.fields.get(k).map(String::as_str).unwrap_or(""));
+            outln!(
                 "{}  queue={}  function={}  attempts={}  failed_at={}  {}: {}",
-                e.id,
-                e.queue,
+                escape(&e.id),
+                escape(&e.queue),
                 f("function_name"),
                 f("attempt").parse::<i64>().unwrap_or(0),
                 format_ms(e.failed_at_ms),
                 f("last_error_type"),
-                first_line(f("last_error"))
+                escape(first_line(
+                    e.fields.get("last_error").map(String::as_str).unwrap_or("")
+                ))
             );
         }
     }
@@ -263,43 +315,40 @@ async fn inspect(store: Store, dsn: String, a: &DlqInspectArgs) -> Result<u8, Fa
     };
     let record = record_json(&fields, &queue);
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&record).unwrap_or_default()
-        );
+        emit(&serde_json::to_string_pretty(&record).unwrap_or_default())?;
         return Ok(0);
     }
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
-    println!("job {} (queue {queue})", a.job_id);
+    outln!("job {} (queue {queue})", a.job_id);
     for (k, v) in &fields {
         if JSON_FIELDS.contains(&k.as_str()) || k == "last_error" {
             continue;
         }
         match k.as_str() {
-            "status" => println!("  {k}: {} ({})", status_name(v), v),
+            "status" => outln!("  {k}: {} ({})", status_name(v), v),
             k if k.ends_with("_at_ms") => {
                 let ms = v.parse::<i64>().unwrap_or(0);
-                println!("  {k}: {v} ({})", format_ms(ms))
+                outln!("  {k}: {v} ({})", format_ms(ms))
             }
-            _ => println!("  {k}: {v}"),
+            _ => outln!("  {k}: {v}"),
         }
     }
     if let Some(e) = fields.get("last_error") {
-        println!("  last_error: {e}");
+        outln!("  last_error: {e}");
     }
     if let Some(p) = record.get("params_json") {
-        println!("params:\n{}", indent(&pretty(p)));
+        outln!("params:\n{}", indent(&pretty(p)));
     }
     if let Some(r) = record.get("result_json") {
-        println!("result:\n{}", indent(&pretty(r)));
+        outln!("result:\n{}", indent(&pretty(r)));
     }
     match record.get("errors_json").and_then(Value::as_array) {
         Some(errors) if !errors.is_empty() => {
-            println!("errors ({}):", errors.len());
+            outln!("errors ({}):", errors.len());
             for e in errors {
                 let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
                 let at = e.get("at_ms").and_then(Value::as_i64).unwrap_or(0);
-                println!(
+                outln!(
                     "  attempt {} at {}: {}: {}",
                     e.get("attempt").and_then(Value::as_i64).unwrap_or(0),
                     format_ms(at),
@@ -308,11 +357,11 @@ async fn inspect(store: Store, dsn: String, a: &DlqInspectArgs) -> Result<u8, Fa
                 );
                 let tb = s("traceback");
                 if !tb.is_empty() {
-                    println!("{}", indent(&indent(tb.trim_end())));
+                    outln!("{}", indent(&indent(tb.trim_end())));
                 }
             }
         }
-        _ => println!("errors: none"),
+        _ => outln!("errors: none"),
     }
     Ok(0)
 }
@@ -360,9 +409,9 @@ async fn requeue(store: Store, dsn: String, a: &DlqTargetArgs) -> Result<u8, Fai
             }
         }
     }
-    println!("requeued {requeued} job(s)");
+    outln!("requeued {requeued} job(s)");
     if pruned > 0 {
-        println!("pruned {pruned} dead-letter entr(y/ies) whose record had expired");
+        outln!("pruned {pruned} dead-letter entr(y/ies) whose record had expired");
     }
     Ok(0)
 }
@@ -394,7 +443,7 @@ async fn purge(store: Store, dsn: String, a: &DlqTargetArgs) -> Result<u8, Failu
             }
         }
     }
-    println!("deleted {deleted} job(s)");
+    outln!("deleted {deleted} job(s)");
     Ok(0)
 }
 
@@ -422,6 +471,20 @@ mod tests {
     fn formats_times_and_lines() {
         assert_eq!(format_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(first_line("a\nb"), "a");
-        assert_eq!(redact("redis://:pw@h:1/0"), "redis://***@h:1/0");
+    }
+
+    #[test]
+    fn unknown_queues_are_named() {
+        let known = vec!["a".to_owned(), "b".to_owned()];
+        assert!(check_known(&["b".to_owned()], &known).is_ok());
+        let Err(Failure(code, message)) = check_known(&["b".to_owned(), "typo".to_owned()], &known)
+        else {
+            panic!("typo accepted");
+        };
+        assert_eq!(code, 1);
+        assert_eq!(
+            message,
+            "queue \"typo\" does not exist (known queues: a, b)"
+        );
     }
 }

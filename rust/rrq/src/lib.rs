@@ -5,7 +5,7 @@
 //! - [`cli`]: command line; [`config`]: `rrq.toml`; [`commands`]: `rrq
 //!   check` and `rrq dlq ...`;
 //! - [`cron`]: cron ticks; [`health`]: heartbeat; [`clock`]: Redis time;
-//! - [`telemetry`]: OpenTelemetry spans;
+//! - [`telemetry`]: OpenTelemetry spans; [`logging`]: log output, fields escaped;
 //! - [`orchestrator`]: startup and shutdown order; [`shutdown`]: signals;
 //! - [`server`]: `RunnerService.Connect` (hello, heartbeats, outcomes);
 //! - [`session`] and [`dispatcher`]: sessions, credit, routing, timeouts,
@@ -27,6 +27,7 @@ pub mod epoch;
 pub mod error;
 pub mod health;
 pub mod lease;
+pub mod logging;
 pub mod orchestrator;
 pub mod recovery;
 pub mod redis_policy;

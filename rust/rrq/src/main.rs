@@ -1,6 +1,5 @@
 //! `rrq`: the orchestrator binary.
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -8,7 +7,7 @@ use rrq::cli::{Cli, Command, WorkerCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    rrq::logging::init();
     match cli.command {
         Command::Check(args) => rrq::commands::check(&args),
         Command::Dlq { command } => rrq::commands::dlq(&command),
@@ -26,7 +25,8 @@ fn main() -> ExitCode {
             match run(cfg, args.options()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("rrq: {e:#}");
+                    // The chain can quote job data (a job id in a store error).
+                    eprintln!("rrq: {}", rrq::logging::escape(&format!("{e:#}")));
                     let code = e
                         .downcast_ref::<rrq::Error>()
                         .map_or(1, rrq::Error::exit_code);
@@ -43,14 +43,4 @@ fn run(cfg: rrq::config::Config, opts: rrq::orchestrator::RunOptions) -> anyhow:
         .build()?;
     runtime.block_on(rrq::orchestrator::run(cfg, opts))?;
     Ok(())
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }

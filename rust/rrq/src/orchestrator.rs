@@ -38,16 +38,6 @@ pub fn instance_id() -> String {
     )
 }
 
-/// Hides a password in a DSN for logs.
-fn redact(dsn: &str) -> String {
-    match (dsn.find("://"), dsn.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &dsn[..scheme], &dsn[at + 1..])
-        }
-        _ => dsn.to_owned(),
-    }
-}
-
 /// Runs the orchestrator until a signal (or, with `--burst`, until the work is done).
 pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
     let cfg = Arc::new(cfg);
@@ -61,7 +51,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
             message,
         })
     })?);
-    let dsn = redact(&cfg.redis_dsn);
+    let dsn = rrq_store::redact_dsn(&cfg.redis_dsn);
     let redis_err = |source| Error::Redis {
         dsn: dsn.clone(),
         source,
@@ -167,6 +157,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
                 config: runner.clone(),
                 addr: addr.to_string(),
                 instance_id: instance_id.clone(),
+                redis_dsn: cfg.redis_dsn.clone(),
             });
         }
     }
@@ -310,18 +301,6 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dsn_passwords_are_hidden() {
-        assert_eq!(
-            redact("redis://:secret@host:6379/0"),
-            "redis://***@host:6379/0"
-        );
-        assert_eq!(
-            redact("redis://localhost:6379/0"),
-            "redis://localhost:6379/0"
-        );
-    }
 
     #[test]
     fn instance_ids_differ() {

@@ -50,6 +50,8 @@ pub struct Spawn {
     pub addr: String,
     /// Orchestrator instance id (makes tokens unique across restarts of the orchestrator).
     pub instance_id: String,
+    /// The orchestrator's own Redis DSN: withheld from the runner (see [`withheld_env`]).
+    pub redis_dsn: String,
 }
 
 impl Supervisor {
@@ -171,6 +173,9 @@ fn start_process(
         .split_first()
         .ok_or_else(|| std::io::Error::other("empty command"))?;
     let mut command = Command::new(program);
+    for name in withheld_env(std::env::vars_os(), &spawn.redis_dsn) {
+        command.env_remove(name);
+    }
     command
         .args(args)
         .envs(&spawn.config.env)
@@ -202,6 +207,31 @@ fn start_process(
         tokio::spawn(forward(err, format!("[{label}] ")));
     }
     Ok(child)
+}
+
+/// Variables a runner never inherits, by name.
+const WITHHELD_ENV: &[&str] = &["RRQ_REDIS_DSN"];
+
+/// The inherited variables to remove from a runner's environment: a runner
+/// talks only to the orchestrator, never to Redis, so it gets no Redis
+/// credential a handler could read or return. That is `RRQ_REDIS_DSN` and
+/// any variable holding the orchestrator's DSN under another name
+/// (`REDIS_URL=...` from the same deployment). Everything else is inherited
+/// (`PATH`, `HOME`, a virtualenv, the application's own settings), and the
+/// runner's `env` table is applied after this, so an operator can still
+/// hand a runner a DSN on purpose.
+fn withheld_env(
+    parent: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    redis_dsn: &str,
+) -> Vec<std::ffi::OsString> {
+    parent
+        .into_iter()
+        .filter(|(name, value)| {
+            name.to_str().is_some_and(|n| WITHHELD_ENV.contains(&n))
+                || (!redis_dsn.is_empty() && value.to_str() == Some(redis_dsn))
+        })
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// Copies a child's output to our stderr line by line, each line prefixed
@@ -265,5 +295,28 @@ fn set_parent_death_signal(command: &mut Command) {
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_credentials_are_withheld_from_runners() {
+        let dsn = "unix://:secret@/run/redis.sock?db=0";
+        let parent = [
+            ("PATH", "/usr/bin"),
+            ("RRQ_REDIS_DSN", dsn),
+            ("REDIS_URL", dsn),
+            ("APP_REDIS", "redis://cache:6379/0"),
+            ("HOME", "/home/app"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()));
+        let withheld = withheld_env(parent, dsn);
+        assert_eq!(withheld, ["RRQ_REDIS_DSN", "REDIS_URL"]);
+        // The name alone is enough, whatever its value.
+        let parent = [("RRQ_REDIS_DSN".into(), "redis://other/1".into())];
+        assert_eq!(withheld_env(parent, dsn), ["RRQ_REDIS_DSN"]);
     }
 }
