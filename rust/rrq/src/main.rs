@@ -23,7 +23,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match run(cfg, args.options()) {
+            let result = run(cfg, args.options());
+            // Queued log lines reach stderr unless nobody reads it.
+            rrq::output::flush(std::time::Duration::from_secs(2));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("rrq: {e:#}");
@@ -50,7 +53,9 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Lossy and non-blocking: stderr may be a pipe nobody reads, and a
+        // blocked write must never stop the runtime (see `rrq::output`).
+        .with_writer(rrq::output::LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

@@ -7,7 +7,6 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -196,36 +195,12 @@ fn start_process(
     let mut child = command.spawn()?;
     info!(runner = %label, pid = ?child.id(), "started runner process");
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(forward(out, format!("[{label}] ")));
+        tokio::spawn(crate::output::forward(out, format!("[{label}] ")));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(forward(err, format!("[{label}] ")));
+        tokio::spawn(crate::output::forward(err, format!("[{label}] ")));
     }
     Ok(child)
-}
-
-/// Copies a child's output to our stderr line by line, each line prefixed
-/// with the runner label so interleaved output stays attributable.
-async fn forward(stream: impl AsyncRead + Unpin, prefix: String) {
-    use std::io::Write as _;
-    let mut reader = BufReader::new(stream);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if !line.ends_with(b"\n") {
-                    line.push(b'\n');
-                }
-                let mut buf = Vec::with_capacity(prefix.len() + line.len());
-                buf.extend_from_slice(prefix.as_bytes());
-                buf.extend_from_slice(&line);
-                // One write per line keeps lines of different runners whole.
-                let _ = std::io::stderr().lock().write_all(&buf);
-            }
-        }
-    }
 }
 
 /// Sends `signal` to the process group led by `pid` (see `process_group(0)`).
