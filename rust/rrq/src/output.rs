@@ -205,6 +205,8 @@ pub async fn forward(mut stream: impl AsyncRead + Unpin, prefix: String) {
 /// and queues each one (see [`forward`]).
 struct LineCutter {
     prefix: String,
+    /// Where a finished line goes; false when it was dropped.
+    sink: fn(Vec<u8>) -> bool,
     line: Vec<u8>,
     /// Bytes of the current line dropped past [`MAX_LINE_BYTES`].
     cut: u64,
@@ -214,6 +216,7 @@ impl LineCutter {
     fn new(prefix: String) -> Self {
         Self {
             prefix,
+            sink: try_write,
             line: Vec::new(),
             cut: 0,
         }
@@ -287,6 +290,7 @@ mod tests {
     #[test]
     fn cuts_long_lines_and_keeps_short_ones() {
         let mut c = LineCutter::new("[p] ".to_owned());
+        c.sink = |_| true;
         let before = counters();
         c.push(b"short\n");
         assert!(c.line.is_empty());
