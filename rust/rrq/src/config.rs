@@ -173,7 +173,69 @@ pub struct RunnerConfig {
     pub cwd: Option<PathBuf>,
     /// Extra environment of the runner processes.
     pub env: BTreeMap<String, String>,
+    /// Recycle a spawned runner process after it was sent this many jobs.
+    pub max_jobs_per_runner: Option<u64>,
+    /// Recycle a spawned runner process once its resident memory exceeds
+    /// this (checked after each batch of outcomes).
+    pub max_memory_per_runner: Option<ByteSize>,
 }
+
+/// A size in bytes: an integer, or a string `"<integer><unit>"` with unit
+/// `B`, `KiB`, `MiB`, `GiB` (powers of 1024) or `KB`, `MB`, `GB` (powers of 1000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses the string form (see the type).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = (&t[..split], t[split..].trim());
+        let n: u64 = digits.parse().map_err(|_| {
+            format!("{text:?} is not a size such as \"512MiB\" or a number of bytes")
+        })?;
+        let scale: u64 = match unit {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            other => {
+                return Err(format!(
+                    "{text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)"
+                ));
+            }
+        };
+        n.checked_mul(scale)
+            .map(Self)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => u64::try_from(n)
+                .map(Self)
+                .map_err(|_| serde::de::Error::custom(format!("{n} is negative"))),
+            Raw::Text(t) => Self::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Smallest `max_memory_per_runner`: below this every runtime would be
+/// recycled after each job.
+pub const MIN_RUNNER_MEMORY: u64 = 16 << 20;
+/// Largest `max_memory_per_runner` (1 TiB).
+pub const MAX_RUNNER_MEMORY: u64 = 1 << 40;
 
 impl Default for RunnerConfig {
     fn default() -> Self {
@@ -185,6 +247,8 @@ impl Default for RunnerConfig {
             max_in_flight: 1,
             cwd: None,
             env: BTreeMap::new(),
+            max_jobs_per_runner: None,
+            max_memory_per_runner: None,
         }
     }
 }
@@ -405,6 +469,30 @@ impl Config {
             }
             if runner.max_in_flight == 0 {
                 return Err((rkey("max_in_flight"), "must be at least 1".to_owned()));
+            }
+            let spawned_only =
+                "applies only to runner processes the orchestrator spawns; set `cmd`";
+            if let Some(n) = runner.max_jobs_per_runner {
+                if !(1..=1_000_000_000).contains(&n) {
+                    return Err((
+                        rkey("max_jobs_per_runner"),
+                        format!("must be between 1 and 1000000000 (got {n})"),
+                    ));
+                }
+                if runner.cmd.is_none() {
+                    return Err((rkey("max_jobs_per_runner"), spawned_only.to_owned()));
+                }
+            }
+            if let Some(ByteSize(b)) = runner.max_memory_per_runner {
+                if !(MIN_RUNNER_MEMORY..=MAX_RUNNER_MEMORY).contains(&b) {
+                    return Err((
+                        rkey("max_memory_per_runner"),
+                        format!("must be between 16MiB and 1TiB (got {b} bytes)"),
+                    ));
+                }
+                if runner.cmd.is_none() {
+                    return Err((rkey("max_memory_per_runner"), spawned_only.to_owned()));
+                }
             }
         }
         let mut cron_names: BTreeMap<&str, usize> = BTreeMap::new();
@@ -807,6 +895,48 @@ max_in_flight = 10      # Concurrent jobs per runner
             err_key("[rrq.runners.py]\ncmd = [\"\"]\n").0,
             "rrq.runners.py.cmd"
         );
+    }
+
+    #[test]
+    fn recycling_limits() {
+        let ok = |extra: &str| parse(&format!("[rrq.runners.py]\ncmd = [\"x\"]\n{extra}"));
+        let c = ok("max_jobs_per_runner = 100\nmax_memory_per_runner = \"512MiB\"\n").unwrap();
+        assert_eq!(c.runners["py"].max_jobs_per_runner, Some(100));
+        assert_eq!(
+            c.runners["py"].max_memory_per_runner,
+            Some(ByteSize(512 << 20))
+        );
+        let c = ok("max_memory_per_runner = 100000000\n").unwrap();
+        assert_eq!(
+            c.runners["py"].max_memory_per_runner,
+            Some(ByteSize(100_000_000))
+        );
+        assert_eq!(
+            ok("max_memory_per_runner = \"2GB\"\n").unwrap().runners["py"].max_memory_per_runner,
+            Some(ByteSize(2_000_000_000))
+        );
+        assert!(ok("").unwrap().runners["py"].max_jobs_per_runner.is_none());
+        let key = |extra: &str| err_key(&format!("[rrq.runners.py]\ncmd = [\"x\"]\n{extra}"));
+        for bad in [
+            "max_jobs_per_runner = 0\n",
+            "max_jobs_per_runner = -1\n",
+            "max_jobs_per_runner = \"ten\"\n",
+        ] {
+            assert_eq!(key(bad).0, "rrq.runners.py.max_jobs_per_runner", "{bad}");
+        }
+        for bad in [
+            "max_memory_per_runner = \"512 parsecs\"\n",
+            "max_memory_per_runner = \"1MiB\"\n",
+            "max_memory_per_runner = \"2TiB\"\n",
+            "max_memory_per_runner = -5\n",
+            "max_memory_per_runner = \"99999999999999999999GiB\"\n",
+            "max_memory_per_runner = 1.5\n",
+        ] {
+            assert_eq!(key(bad).0, "rrq.runners.py.max_memory_per_runner", "{bad}");
+        }
+        let (k, m) = err_key("[rrq.runners.py]\nmax_jobs_per_runner = 5\n");
+        assert_eq!(k, "rrq.runners.py.max_jobs_per_runner");
+        assert!(m.contains("cmd"), "{m}");
     }
 
     #[test]

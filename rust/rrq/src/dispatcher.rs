@@ -208,6 +208,8 @@ impl Dispatcher {
                     tx: new.tx,
                     close: new.close,
                     executions: HashMap::new(),
+                    jobs_sent: 0,
+                    retiring: false,
                 },
             );
             self.drain_held(&mut st, &runner, &mut settles);
@@ -368,6 +370,20 @@ impl Dispatcher {
         })
         .abort_handle();
 
+        session.jobs_sent += 1;
+        if !session.retiring
+            && !session.process_token.is_empty()
+            && self
+                .cfg
+                .runners
+                .get(&session.runner)
+                .and_then(|r| r.max_jobs_per_runner)
+                .is_some_and(|max| session.jobs_sent >= max)
+        {
+            info!(runner = %session.runner, pid = session.pid, jobs = session.jobs_sent,
+                "runner process reached max_jobs_per_runner; recycling it once its jobs end");
+            session.retiring = true;
+        }
         session.executions.insert(
             c.job.id.clone(),
             Execution {
@@ -487,6 +503,8 @@ impl Dispatcher {
                 }
             }
             if freed > 0 {
+                self.check_memory(session);
+                self.retire_if_done(session);
                 let runner = session.runner.clone();
                 self.drain_held(&mut st, &runner, &mut settles);
             }
@@ -498,8 +516,48 @@ impl Dispatcher {
         }
     }
 
+    /// Between jobs: marks a spawned session retiring when its process's
+    /// resident memory is over `max_memory_per_runner`.
+    fn check_memory(&self, session: &mut Session) {
+        if session.retiring || session.process_token.is_empty() {
+            return;
+        }
+        let Some(limit) = self
+            .cfg
+            .runners
+            .get(&session.runner)
+            .and_then(|r| r.max_memory_per_runner)
+        else {
+            return;
+        };
+        let Some(rss_kib) = self.supervisor.rss_kib(&session.process_token, session.pid) else {
+            return;
+        };
+        if rss_kib.saturating_mul(1024) > limit.0 {
+            info!(runner = %session.runner, pid = session.pid, rss_kib, limit_bytes = limit.0,
+                "runner process is over max_memory_per_runner; recycling it once its jobs end");
+            session.retiring = true;
+        }
+    }
+
+    /// A retiring session with nothing outstanding: its process is stopped
+    /// gracefully and the supervisor starts a fresh one. Its stream then ends
+    /// with no execution to charge.
+    fn retire_if_done(&self, session: &Session) {
+        if session.retiring
+            && session.executions.is_empty()
+            && self.supervisor.retire(&session.process_token)
+        {
+            info!(runner = %session.runner, pid = session.pid, jobs = session.jobs_sent,
+                "recycling runner process");
+        }
+    }
+
     /// The session's stream ended: its running executions count as failed
-    /// attempts (`RunnerLost`).
+    /// attempts (`RunnerLost`). A spawned runner's process group is killed:
+    /// its attempts are settled (and may run again elsewhere), so the
+    /// process must not run on with them, nor hold its slot frozen; the
+    /// supervisor replaces it.
     pub fn session_lost(self: &Arc<Self>, sid: SessionId, reason: &str) {
         let mut settles = Vec::new();
         {
@@ -511,6 +569,14 @@ impl Dispatcher {
                 runner = %session.runner, pid = session.pid, outstanding = session.executions.len(),
                 "runner disconnected: {reason}"
             );
+            // A retiring process is already being stopped gracefully.
+            if !session.retiring
+                && !session.process_token.is_empty()
+                && self.supervisor.kill(&session.process_token)
+            {
+                warn!(runner = %session.runner, pid = session.pid,
+                    "killed the lost runner's process group ({reason}); the supervisor replaces it");
+            }
             for (job_id, mut exec) in session.executions {
                 if let Some(t) = &exec.timer {
                     t.abort();

@@ -4,7 +4,10 @@
 //! starts) each orchestrator writes
 //! `ZADD rrq:orchestrators <redis now + TTL> <instance id>` and the hash
 //! `rrq:orchestrator:<instance id>` (`version`, `started_at_ms`,
-//! `heartbeat_at_ms`, `serving`, `queues`, `runners`, `pid`, `host`) with a
+//! `heartbeat_at_ms`, `serving`, `queues`, `runners`, `pid`, `host`,
+//! `redis_data_losses` and the stderr loss counters of [`crate::output`]:
+//! `log_lines_dropped`, `output_lines_dropped`, `output_bytes_dropped`,
+//! `output_lines_cut`) with a
 //! [`TTL`] expiry; both are removed on a clean shutdown. An instance is alive
 //! while its score is after Redis `TIME`.
 
@@ -79,8 +82,9 @@ impl Heartbeat {
         if let Err(e) = self.epoch.check(&mut conn, &ns.epoch()).await {
             warn!("checking the Redis epoch failed: {e}");
         }
+        let lost = crate::output::counters();
         let key = ns.orchestrator(&self.instance_id);
-        let fields: [(&str, String); 9] = [
+        let fields: [(&str, String); 13] = [
             ("version", env!("CARGO_PKG_VERSION").to_owned()),
             ("started_at_ms", self.started_at_ms.to_string()),
             ("heartbeat_at_ms", now.to_string()),
@@ -96,6 +100,16 @@ impl Heartbeat {
             ("pid", std::process::id().to_string()),
             ("host", host_name()),
             ("redis_data_losses", self.epoch.losses().to_string()),
+            ("log_lines_dropped", lost.log_lines_dropped.to_string()),
+            (
+                "output_lines_dropped",
+                lost.output_lines_dropped.to_string(),
+            ),
+            (
+                "output_bytes_dropped",
+                lost.output_bytes_dropped.to_string(),
+            ),
+            ("output_lines_cut", lost.output_lines_cut.to_string()),
         ];
         redis::pipe()
             .cmd("ZADD")
@@ -139,10 +153,12 @@ impl Heartbeat {
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reported = crate::output::Snapshot::default();
         loop {
             if let Err(e) = self.write().await {
                 warn!("writing the heartbeat failed: {e}");
             }
+            reported = report_output_losses(reported);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
@@ -150,6 +166,22 @@ impl Heartbeat {
             }
         }
     }
+}
+
+/// Logs what stderr lost since `before` (when anything); returns the new totals.
+fn report_output_losses(before: crate::output::Snapshot) -> crate::output::Snapshot {
+    let now = crate::output::counters();
+    if now != before {
+        warn!(
+            log_lines_dropped = now.log_lines_dropped - before.log_lines_dropped,
+            output_lines_dropped = now.output_lines_dropped - before.output_lines_dropped,
+            output_bytes_dropped = now.output_bytes_dropped - before.output_bytes_dropped,
+            output_lines_cut = now.output_lines_cut - before.output_lines_cut,
+            "stderr lost output since the last report (a slow or unread stderr, or lines over {} bytes)",
+            crate::output::MAX_LINE_BYTES
+        );
+    }
+    now
 }
 
 /// One live orchestrator as `rrq check` reports it.
@@ -175,6 +207,14 @@ pub struct Instance {
     pub started_at_ms: i64,
     /// Times this instance saw Redis lose its data (see `epoch`).
     pub redis_data_losses: i64,
+    /// Lines of its own log it dropped (stderr not keeping up).
+    pub log_lines_dropped: i64,
+    /// Runner output lines it dropped (stderr not keeping up).
+    pub output_lines_dropped: i64,
+    /// Runner output bytes it dropped (dropped lines and cut line tails).
+    pub output_bytes_dropped: i64,
+    /// Runner output lines it cut at the line cap.
+    pub output_lines_cut: i64,
 }
 
 /// Reads the live instances (pruning expired members first).
@@ -225,6 +265,10 @@ pub async fn live_instances(store: &Store) -> redis::RedisResult<Vec<Instance>> 
                 host: get("host"),
                 started_at_ms: num("started_at_ms"),
                 redis_data_losses: num("redis_data_losses"),
+                log_lines_dropped: num("log_lines_dropped"),
+                output_lines_dropped: num("output_lines_dropped"),
+                output_bytes_dropped: num("output_bytes_dropped"),
+                output_lines_cut: num("output_lines_cut"),
             }
         })
         .collect())
@@ -261,8 +305,20 @@ pub fn describe(i: &Instance) -> String {
     } else {
         String::new()
     };
+    let dropped = if i.log_lines_dropped > 0
+        || i.output_lines_dropped > 0
+        || i.output_bytes_dropped > 0
+        || i.output_lines_cut > 0
+    {
+        format!(
+            " stderr_dropped=(log_lines={}, output_lines={}, output_bytes={}, lines_cut={})",
+            i.log_lines_dropped, i.output_lines_dropped, i.output_bytes_dropped, i.output_lines_cut
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{} serving={} queues=[{}] runners=[{}] heartbeat_age={age}{losses}",
+        "{} serving={} queues=[{}] runners=[{}] heartbeat_age={age}{losses}{dropped}",
         i.id,
         if i.serving { "yes" } else { "no" },
         i.queues.join(","),
@@ -300,6 +356,10 @@ mod tests {
             host: "h".into(),
             started_at_ms: 0,
             redis_data_losses: 0,
+            log_lines_dropped: 0,
+            output_lines_dropped: 0,
+            output_bytes_dropped: 0,
+            output_lines_cut: 0,
         }
     }
 
@@ -315,6 +375,18 @@ mod tests {
         assert_eq!(
             describe(&instance(true)),
             "h-1-abc serving=yes queues=[default,q] runners=[python(sessions=1, free_slots=3)] heartbeat_age=0.4s"
+        );
+        let lossy = Instance {
+            output_lines_dropped: 3,
+            output_bytes_dropped: 3_000_000,
+            ..instance(true)
+        };
+        assert!(
+            describe(&lossy).ends_with(
+                " stderr_dropped=(log_lines=0, output_lines=3, output_bytes=3000000, lines_cut=0)"
+            ),
+            "{}",
+            describe(&lossy)
         );
     }
 }

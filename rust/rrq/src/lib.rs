@@ -13,7 +13,8 @@
 //! - [`scheduler`]: the claim loop; [`discovery`]: wake-ups and queue discovery;
 //! - [`settle`]: outcome → settle, batched writer; [`backoff`]: retry delays;
 //! - [`lease`]: lease renewal; [`recovery`]: expired-lease sweep;
-//! - [`supervisor`]: runner processes; [`error`]: [`Error`].
+//! - [`supervisor`]: runner processes; [`output`]: our stderr (log and
+//!   forwarded runner output, lossy and bounded); [`error`]: [`Error`].
 
 pub mod backoff;
 pub mod cli;
@@ -29,6 +30,7 @@ pub mod health;
 pub mod lease;
 pub mod logging;
 pub mod orchestrator;
+pub mod output;
 pub mod recovery;
 pub mod redis_policy;
 pub mod scheduler;

@@ -127,15 +127,17 @@ impl Visit for Visitor<'_, '_> {
     }
 }
 
-/// Installs the global subscriber: `RUST_LOG` (default `info`) to stderr,
-/// fields escaped by [`EscapingFields`].
+/// Installs the global subscriber: `RUST_LOG` (default `info`), fields
+/// escaped by [`EscapingFields`], written through [`crate::output::LogWriter`]:
+/// lossy and non-blocking, since stderr may be a pipe nobody reads and a
+/// blocked write must never stop the runtime.
 pub fn init() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .fmt_fields(EscapingFields)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::output::LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

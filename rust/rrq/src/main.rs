@@ -22,7 +22,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match run(cfg, args.options()) {
+            let result = run(cfg, args.options());
+            // Queued log lines reach stderr unless nobody reads it.
+            rrq::output::flush(std::time::Duration::from_secs(2));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // The chain can quote job data (a job id in a store error).

@@ -51,6 +51,17 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
             message,
         })
     })?);
+    // A runner's working directory is checked here, where it will be used
+    // (`rrq check` and `rrq dlq` load the same file and spawn nothing).
+    for (name, runner) in cfg.runners.iter().filter(|(_, r)| r.cmd.is_some()) {
+        crate::supervisor::check_cwd(name, runner).map_err(|message| {
+            Error::Config(crate::config::ConfigError::Invalid {
+                origin: "config".to_owned(),
+                key: format!("rrq.runners.{name}.cwd"),
+                message,
+            })
+        })?;
+    }
     let dsn = rrq_store::redact_dsn(&cfg.redis_dsn);
     let redis_err = |source| Error::Redis {
         dsn: dsn.clone(),

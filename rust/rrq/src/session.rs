@@ -36,11 +36,19 @@ pub struct Session {
     /// Outstanding executions by job id: from the `execute` that carried them
     /// until the runner's outcome arrives (this is the credit the runner gave).
     pub executions: HashMap<String, Execution>,
+    /// Executions sent to this session so far (`max_jobs_per_runner`).
+    pub jobs_sent: u64,
+    /// A recycling limit was reached: no new job is sent; once its running
+    /// jobs end, its process is stopped gracefully and replaced.
+    pub retiring: bool,
 }
 
 impl Session {
-    /// Free execution slots.
+    /// Free execution slots (none while retiring).
     pub fn free(&self) -> usize {
+        if self.retiring {
+            return 0;
+        }
         self.max_in_flight.saturating_sub(self.executions.len())
     }
 }

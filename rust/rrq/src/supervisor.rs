@@ -1,13 +1,19 @@
 //! Runner processes: spawns `pool_size` copies of each runner's `cmd`,
-//! forwards their output, restarts them with backoff, and kills one by its
-//! process token when a job it runs ignores a cancel.
+//! forwards their output (see [`crate::output`]), restarts them with backoff,
+//! kills one by its process token (a job ignored a cancel, or the runner was
+//! declared lost), and retires one gracefully (recycling limits).
+//!
+//! Each runner process leads its own process group; every signal goes to the
+//! whole group, and once the runner has exited, whatever is left of its
+//! group (children that ignored SIGTERM) is SIGKILLed. A grandchild that
+//! called `setsid` (or `setpgid`) left the group and is not reached: no
+//! cgroup is used (see docs/architecture.md, "Runner processes").
 
 use std::collections::HashMap;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -25,10 +31,27 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// After SIGTERM on shutdown, how long a runner may take to exit before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// What the supervisor may be asked to do to a live process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// SIGKILL its process group now.
+    Kill,
+    /// SIGTERM its process group, SIGKILL after [`STOP_GRACE`]; then start a
+    /// fresh process without a restart delay.
+    Retire,
+}
+
+/// A live process: where to send orders, and its pid.
+#[derive(Debug)]
+struct Live {
+    orders: mpsc::UnboundedSender<Order>,
+    pid: Option<u32>,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    /// Kill switch of each live process, by process token.
-    kills: Mutex<HashMap<String, mpsc::UnboundedSender<()>>>,
+    /// Each live process, by process token.
+    live: Mutex<HashMap<String, Live>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stop: CancellationToken,
 }
@@ -71,10 +94,41 @@ impl Supervisor {
         }
     }
 
-    /// SIGKILLs the process holding `token`; false if no live process has it.
+    /// SIGKILLs the process group of the process holding `token`; false if
+    /// no live process has it.
     pub fn kill(&self, token: &str) -> bool {
-        let kills = self.inner.kills.lock().unwrap_or_else(|p| p.into_inner());
-        kills.get(token).is_some_and(|tx| tx.send(()).is_ok())
+        self.order(token, Order::Kill)
+    }
+
+    /// Stops the process holding `token` gracefully (SIGTERM to its group,
+    /// SIGKILL after a grace) and starts a fresh one at once; false if no
+    /// live process has it.
+    pub fn retire(&self, token: &str) -> bool {
+        self.order(token, Order::Retire)
+    }
+
+    fn order(&self, token: &str, order: Order) -> bool {
+        let live = self.inner.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.get(token)
+            .is_some_and(|l| l.orders.send(order).is_ok())
+    }
+
+    /// Resident memory (KiB) of the runner holding `token`: of `runner_pid`
+    /// (the pid its hello reported) when that process is in the spawned
+    /// process group (`cmd` may be a wrapper such as `uv run`), else of the
+    /// spawned process. `None` when no live process has the token or
+    /// `/proc` cannot tell.
+    pub fn rss_kib(&self, token: &str, runner_pid: u32) -> Option<u64> {
+        let spawned = {
+            let live = self.inner.live.lock().unwrap_or_else(|p| p.into_inner());
+            live.get(token)?.pid?
+        };
+        let pid = if runner_pid != 0 && process_group_of(runner_pid) == Some(spawned) {
+            runner_pid
+        } else {
+            spawned
+        };
+        rss_kib(pid)
     }
 
     /// Stops every runner process (SIGTERM, then SIGKILL after a grace) and
@@ -100,17 +154,24 @@ impl Supervisor {
                 fastrand::u32(..)
             );
             let started = Instant::now();
+            let mut retired = false;
             match start_process(&spawn, &cmd, &token, &label) {
                 Ok(child) => {
                     let (tx, rx) = mpsc::unbounded_channel();
                     self.inner
-                        .kills
+                        .live
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(token.clone(), tx);
-                    self.watch(child, rx, &label).await;
+                        .insert(
+                            token.clone(),
+                            Live {
+                                orders: tx,
+                                pid: child.id(),
+                            },
+                        );
+                    retired = self.watch(child, rx, &label).await;
                     self.inner
-                        .kills
+                        .live
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&token);
@@ -121,6 +182,12 @@ impl Supervisor {
             }
             if self.inner.stop.is_cancelled() {
                 return;
+            }
+            if retired {
+                // A planned replacement, not a crash: no delay, no backoff.
+                info!(runner = %label, "starting a fresh runner process");
+                delay = RESTART_MIN;
+                continue;
             }
             if started.elapsed() >= STABLE_AFTER {
                 delay = RESTART_MIN;
@@ -134,32 +201,79 @@ impl Supervisor {
         }
     }
 
-    /// Waits for the process to exit, killing it on request or on shutdown.
-    async fn watch(&self, mut child: Child, mut kill: mpsc::UnboundedReceiver<()>, label: &str) {
+    /// Waits for the process to exit, killing or retiring it on request and
+    /// stopping it on shutdown; then kills what is left of its process group.
+    /// True when it was retired.
+    async fn watch(
+        &self,
+        mut child: Child,
+        mut orders: mpsc::UnboundedReceiver<Order>,
+        label: &str,
+    ) -> bool {
         let pid = child.id();
-        tokio::select! {
-            status = child.wait() => {
-                match status {
-                    Ok(s) => warn!(runner = %label, ?pid, "runner process exited: {s}"),
-                    Err(e) => warn!(runner = %label, ?pid, "waiting for runner process failed: {e}"),
-                }
-                return;
-            }
-            Some(()) = kill.recv() => {
-                signal_group(pid, libc::SIGKILL);
-            }
-            _ = self.inner.stop.cancelled() => {
-                signal_group(pid, libc::SIGTERM);
-                if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
-                    warn!(runner = %label, ?pid, "runner did not exit after SIGTERM; killing it");
+        let mut retired = false;
+        let status = tokio::select! {
+            status = child.wait() => status,
+            Some(order) = orders.recv() => {
+                if order == Order::Retire {
+                    retired = true;
+                    info!(runner = %label, ?pid, "retiring runner process (recycling limit)");
+                    self.terminate(&mut child, label).await
+                } else {
                     signal_group(pid, libc::SIGKILL);
+                    child.wait().await
                 }
             }
-        }
-        match child.wait().await {
-            Ok(s) => info!(runner = %label, ?pid, "runner process stopped: {s}"),
+            _ = self.inner.stop.cancelled() => self.terminate(&mut child, label).await,
+        };
+        // Children of the runner still in its group (they ignored SIGTERM, or
+        // the runner died without them) would run on unsupervised.
+        signal_group(pid, libc::SIGKILL);
+        match status {
+            Ok(s) if retired || self.inner.stop.is_cancelled() => {
+                info!(runner = %label, ?pid, "runner process stopped: {s}")
+            }
+            Ok(s) => warn!(runner = %label, ?pid, "runner process exited: {s}"),
             Err(e) => warn!(runner = %label, ?pid, "waiting for runner process failed: {e}"),
         }
+        retired
+    }
+
+    /// SIGTERM to the group, SIGKILL after [`STOP_GRACE`]; waits for the exit.
+    async fn terminate(&self, child: &mut Child, label: &str) -> std::io::Result<ExitStatus> {
+        let pid = child.id();
+        signal_group(pid, libc::SIGTERM);
+        match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                warn!(runner = %label, ?pid, "runner did not exit after SIGTERM; killing it");
+                signal_group(pid, libc::SIGKILL);
+                child.wait().await
+            }
+        }
+    }
+}
+
+/// Checks that `runner`'s `cwd` (when set) is an existing directory, so a
+/// bad one is not reported by the spawn as the program not being found.
+pub fn check_cwd(name: &str, runner: &RunnerConfig) -> Result<(), String> {
+    let Some(cwd) = &runner.cwd else {
+        return Ok(());
+    };
+    match std::fs::metadata(cwd) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!(
+            "runner {name}: cwd {} is not a directory",
+            cwd.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "runner {name}: cwd {} does not exist",
+            cwd.display()
+        )),
+        Err(e) => Err(format!(
+            "runner {name}: cwd {} cannot be used: {e}",
+            cwd.display()
+        )),
     }
 }
 
@@ -172,6 +286,8 @@ fn start_process(
     let (program, args) = cmd
         .split_first()
         .ok_or_else(|| std::io::Error::other("empty command"))?;
+    // Checked again at each start: the directory may have gone since.
+    check_cwd(&spawn.runner, &spawn.config).map_err(std::io::Error::other)?;
     let mut command = Command::new(program);
     for name in withheld_env(std::env::vars_os(), &spawn.redis_dsn) {
         command.env_remove(name);
@@ -201,10 +317,10 @@ fn start_process(
     let mut child = command.spawn()?;
     info!(runner = %label, pid = ?child.id(), "started runner process");
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(forward(out, format!("[{label}] ")));
+        tokio::spawn(crate::output::forward(out, format!("[{label}] ")));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(forward(err, format!("[{label}] ")));
+        tokio::spawn(crate::output::forward(err, format!("[{label}] ")));
     }
     Ok(child)
 }
@@ -234,30 +350,6 @@ fn withheld_env(
         .collect()
 }
 
-/// Copies a child's output to our stderr line by line, each line prefixed
-/// with the runner label so interleaved output stays attributable.
-async fn forward(stream: impl AsyncRead + Unpin, prefix: String) {
-    use std::io::Write as _;
-    let mut reader = BufReader::new(stream);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if !line.ends_with(b"\n") {
-                    line.push(b'\n');
-                }
-                let mut buf = Vec::with_capacity(prefix.len() + line.len());
-                buf.extend_from_slice(prefix.as_bytes());
-                buf.extend_from_slice(&line);
-                // One write per line keeps lines of different runners whole.
-                let _ = std::io::stderr().lock().write_all(&buf);
-            }
-        }
-    }
-}
-
 /// Sends `signal` to the process group led by `pid` (see `process_group(0)`).
 #[allow(unsafe_code)]
 fn signal_group(pid: Option<u32>, signal: libc::c_int) {
@@ -265,11 +357,37 @@ fn signal_group(pid: Option<u32>, signal: libc::c_int) {
         return;
     };
     // SAFETY: kill(2) has no memory-safety preconditions. The group id is our
-    // child's pid, which is not reused while we have not reaped the child
-    // (callers signal before `wait` completes).
+    // child's pid. Before the child is reaped that pid cannot be reused; after
+    // (the final sweep in `watch`), Linux does not hand out a pid that is
+    // still some live group's id, so the signal reaches our leftovers or
+    // nobody (ESRCH), short of the group emptying and the pid wrapping
+    // around in between.
     unsafe {
         libc::kill(-pid, signal);
     }
+}
+
+/// Process group id of `pid`, when it exists.
+#[allow(unsafe_code)]
+fn process_group_of(pid: u32) -> Option<u32> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: getpgid(2) has no memory-safety preconditions.
+    let pgid = unsafe { libc::getpgid(pid) };
+    u32::try_from(pgid).ok()
+}
+
+/// `VmRSS` of `pid` from `/proc/<pid>/status`, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_rss(&status)
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Makes the kernel send SIGTERM to the runner when the orchestrator dies,
@@ -318,5 +436,34 @@ mod tests {
         // The name alone is enough, whatever its value.
         let parent = [("RRQ_REDIS_DSN".into(), "redis://other/1".into())];
         assert_eq!(withheld_env(parent, dsn), ["RRQ_REDIS_DSN"]);
+    }
+
+    #[test]
+    fn a_bad_cwd_is_named() {
+        let mut runner = RunnerConfig {
+            cwd: Some("/nonexistent/rrq-dir".into()),
+            ..RunnerConfig::default()
+        };
+        assert_eq!(
+            check_cwd("py", &runner).unwrap_err(),
+            "runner py: cwd /nonexistent/rrq-dir does not exist"
+        );
+        runner.cwd = Some("/proc/self/status".into());
+        assert_eq!(
+            check_cwd("py", &runner).unwrap_err(),
+            "runner py: cwd /proc/self/status is not a directory"
+        );
+        runner.cwd = Some("/".into());
+        assert!(check_cwd("py", &runner).is_ok());
+        runner.cwd = None;
+        assert!(check_cwd("py", &runner).is_ok());
+    }
+
+    #[test]
+    fn reads_vm_rss() {
+        let status = "Name:\tpython\nVmHWM:\t  9000 kB\nVmRSS:\t   8123 kB\nThreads:\t3\n";
+        assert_eq!(parse_vm_rss(status), Some(8123));
+        assert_eq!(parse_vm_rss("Name:\tkthreadd\n"), None);
+        assert!(rss_kib(std::process::id()).is_some_and(|k| k > 0));
     }
 }
