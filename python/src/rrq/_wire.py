@@ -18,12 +18,14 @@ from typing import Any, Literal, NoReturn
 import grpc.aio
 from google.protobuf.descriptor import FieldDescriptor
 
+from rrq import _error_text
 from rrq.exceptions import InvalidParamsError
 from rrq.execution import ExecutionContext, ExecutionRequest
 from rrq.job import AttemptError, JobResult, JobStatus
 from rrq.v1 import job_pb2, runner_pb2, runner_pb2_grpc
 
 __all__ = [
+    "MAX_RETRY_DELAY_MS",
     "PROTOCOL_VERSION",
     "Cancel",
     "Execute",
@@ -160,6 +162,8 @@ class HelloAck:
     orchestrator_id: str
     heartbeat_interval_ms: int
     max_result_bytes: int
+    # Cap on each error text sent (0: none); see _error_text.
+    max_error_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +303,12 @@ def decode_orchestrator_message(
     kind = message.WhichOneof("kind")
     if kind == "hello_ack":
         ack = message.hello_ack
-        return HelloAck(ack.orchestrator_id, ack.heartbeat_interval_ms, ack.max_result_bytes)
+        return HelloAck(
+            ack.orchestrator_id,
+            ack.heartbeat_interval_ms,
+            ack.max_result_bytes,
+            ack.max_error_bytes,
+        )
     if kind == "execute":
         return [_execute_from_wire(req) for req in message.execute.requests]
     if kind == "cancel":
@@ -319,24 +328,68 @@ _FAILURE_KIND: dict[str, runner_pb2.FailureKind.ValueType] = {
 }
 
 
-def _encode_outcome(outcome: Outcome) -> runner_pb2.Outcome:
+# Longest retry delay the orchestrator accepts (100 years); docs/protocol.md.
+MAX_RETRY_DELAY_MS = 100 * 365 * 86_400 * 1000
+_MAX_ERROR_TYPE_BYTES = 256
+
+
+def _error_texts(outcome: Outcome, max_error_bytes: int) -> tuple[str, str, str]:
+    """(message, error_type, traceback) made valid UTF-8 and cut to the cap.
+
+    Characters that cannot be encoded (lone surrogates) become U+FFFD and the
+    message says how many; the note is kept whole by cutting before it.
+    """
+    message, bad = _error_text.replace_unencodable(outcome.message)
+    error_type, bad_type = _error_text.replace_unencodable(outcome.error_type)
+    traceback, bad_tb = _error_text.replace_unencodable(outcome.traceback)
+    replaced = bad + bad_type + bad_tb
+    note = (
+        f" [rrq: {replaced} characters could not be encoded and were replaced]" if replaced else ""
+    )
+    cap = max(max_error_bytes - len(note), 1) if max_error_bytes > 0 else 0
+    message = _error_text.cut_head(message, cap) + note
+    error_type = _error_text.cut_head(error_type, _MAX_ERROR_TYPE_BYTES)
+    traceback = _error_text.cut_tail(traceback, max_error_bytes)
+    return message, error_type, traceback
+
+
+def _encode_outcome(outcome: Outcome, max_error_bytes: int = 0) -> runner_pb2.Outcome:
     wire = runner_pb2.Outcome(job_id=outcome.job_id, attempt=outcome.attempt)
     if outcome.kind == "success":
         wire.success.result_json = outcome.result_json
     elif outcome.kind == "retry":
-        wire.retry.message = outcome.message
+        wire.retry.message, _, _ = _error_texts(outcome, max_error_bytes)
         if outcome.delay_ms is not None:
-            wire.retry.delay_ms = outcome.delay_ms
+            wire.retry.delay_ms = min(max(outcome.delay_ms, 0), MAX_RETRY_DELAY_MS)
     elif outcome.kind == "failure":
+        message, error_type, traceback = _error_texts(outcome, max_error_bytes)
         wire.failure.kind = _FAILURE_KIND[outcome.failure_kind]
-        wire.failure.error_type = outcome.error_type
-        wire.failure.message = outcome.message
-        wire.failure.traceback = outcome.traceback
+        wire.failure.error_type = error_type
+        wire.failure.message = message
+        wire.failure.traceback = traceback
     elif outcome.kind == "cancelled":
         wire.cancelled.SetInParent()
     else:
         wire.timed_out.SetInParent()
     return wire
+
+
+def encode_outcome_or_failure(outcome: Outcome, max_error_bytes: int = 0) -> runner_pb2.Outcome:
+    """``outcome`` on the wire or, when it cannot be encoded, a failure of the
+    same execution that names the problem (the job's attempt still ends)."""
+    try:
+        return _encode_outcome(outcome, max_error_bytes)
+    except Exception as exc:  # noqa: BLE001 - any encoding error becomes this job's failure
+        problem = ascii(f"{type(exc).__name__}: {exc}")[1:-1]
+        fallback = Outcome(
+            outcome.job_id,
+            outcome.attempt,
+            "failure",
+            failure_kind="HANDLER_ERROR",
+            error_type="OutcomeNotEncodable",
+            message=f"the runner could not encode the {outcome.kind} outcome: {problem}",
+        )
+        return _encode_outcome(fallback, max_error_bytes)
 
 
 def coalesce(
@@ -419,9 +472,15 @@ class Stream:
         heartbeat = runner_pb2.Heartbeat(in_flight=in_flight)
         self._outgoing.put_nowait(runner_pb2.RunnerMessage(heartbeat=heartbeat))
 
-    def send_outcomes(self, outcomes: Sequence[Outcome]) -> None:
-        """Queues one ``outcomes`` message carrying every given outcome."""
-        batch = runner_pb2.OutcomeBatch(outcomes=[_encode_outcome(o) for o in outcomes])
+    def send_outcomes(self, outcomes: Sequence[Outcome], max_error_bytes: int = 0) -> None:
+        """Queues one ``outcomes`` message carrying every given outcome.
+
+        Each outcome is encoded on its own: one that cannot be encoded is sent
+        as a failure saying why, and never costs the others their outcome.
+        """
+        batch = runner_pb2.OutcomeBatch(
+            outcomes=[encode_outcome_or_failure(o, max_error_bytes) for o in outcomes]
+        )
         self._outgoing.put_nowait(runner_pb2.RunnerMessage(outcomes=batch))
 
     async def finish_sending(self) -> None:
