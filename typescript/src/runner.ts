@@ -22,7 +22,7 @@ import {
   helloMessage,
   MAX_RETRY_DELAY_MS,
   type Outcome,
-  outcomesMessage,
+  outcomesMessages,
   type RunnerMessage,
   RunnerService,
 } from "./wire.js";
@@ -409,7 +409,7 @@ class Session {
     if (this.#pending.length > 0) {
       const batch = this.#pending;
       this.#pending = [];
-      this.#outbox.push(outcomesMessage(batch, this.#ack.maxErrorBytes));
+      for (const message of outcomesMessages(batch, this.#ack.maxErrorBytes)) this.#outbox.push(message);
     }
   }
 }

@@ -389,12 +389,49 @@ export function encodeOutcomeOrFailure(outcome: Outcome, maxErrorBytes = 0): Wir
   }
 }
 
-/** One `outcomes` message; each outcome is encoded on its own. */
-export function outcomesMessage(outcomes: readonly Outcome[], maxErrorBytes = 0): RunnerMessage {
-  return create(RunnerMessageSchema, {
-    kind: {
-      case: "outcomes",
-      value: { outcomes: outcomes.map((o) => encodeOutcomeOrFailure(o, maxErrorBytes)) },
-    },
-  });
+/**
+ * Outcomes in one message stop at this size: the orchestrator refuses a frame
+ * over its decoding limit (at least 64 MiB) by ending the stream, which would
+ * lose every outcome in it. One outcome larger than this still goes, alone.
+ */
+export const MAX_OUTCOMES_FRAME_BYTES = 4 * 1024 * 1024;
+
+/** `outcomes` as `outcomes` messages of at most MAX_OUTCOMES_FRAME_BYTES each;
+ * each outcome is encoded on its own. */
+export function outcomesMessages(outcomes: readonly Outcome[], maxErrorBytes = 0): RunnerMessage[] {
+  const messages: RunnerMessage[] = [];
+  let chunk: WireOutcome[] = [];
+  let size = 0;
+  const emit = (): void => {
+    messages.push(create(RunnerMessageSchema, { kind: { case: "outcomes", value: { outcomes: chunk } } }));
+  };
+  for (const outcome of outcomes) {
+    const wire = encodeOutcomeOrFailure(outcome, maxErrorBytes);
+    const wireSize = approximateSize(wire);
+    if (chunk.length > 0 && size + wireSize > MAX_OUTCOMES_FRAME_BYTES) {
+      emit();
+      chunk = [];
+      size = 0;
+    }
+    chunk.push(wire);
+    size += wireSize;
+  }
+  if (chunk.length > 0) emit();
+  return messages;
+}
+
+/** An upper bound of an outcome's encoded size: its strings as UTF-8 plus room
+ * for tags, lengths and numbers. */
+function approximateSize(outcome: WireOutcome): number {
+  let size = 64 + Buffer.byteLength(outcome.jobId);
+  const { result } = outcome;
+  if (result.case === "success") size += Buffer.byteLength(result.value.resultJson);
+  else if (result.case === "retry") size += Buffer.byteLength(result.value.message);
+  else if (result.case === "failure") {
+    size +=
+      Buffer.byteLength(result.value.errorType) +
+      Buffer.byteLength(result.value.message) +
+      Buffer.byteLength(result.value.traceback);
+  }
+  return size;
 }

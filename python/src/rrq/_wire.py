@@ -392,28 +392,70 @@ def encode_outcome_or_failure(outcome: Outcome, max_error_bytes: int = 0) -> run
         return _encode_outcome(fallback, max_error_bytes)
 
 
+# Outcomes merged into one message stop growing at this size: the
+# orchestrator refuses a frame over its decoding limit (at least 64 MiB) by
+# ending the stream, which would lose every outcome in it. One outcome larger
+# than this still goes, alone.
+MAX_OUTCOMES_FRAME_BYTES = 4 * 1024 * 1024
+
+
+def outcome_batches(
+    outcomes: Sequence[Outcome], max_error_bytes: int = 0
+) -> list[runner_pb2.OutcomeBatch]:
+    """``outcomes`` encoded one by one (see encode_outcome_or_failure), in
+    batches of at most MAX_OUTCOMES_FRAME_BYTES (an outcome larger than that
+    goes alone)."""
+    batches: list[runner_pb2.OutcomeBatch] = []
+    chunk: list[runner_pb2.Outcome] = []
+    size = 0
+    for outcome in outcomes:
+        wire = encode_outcome_or_failure(outcome, max_error_bytes)
+        wire_size = wire.ByteSize()
+        if chunk and size + wire_size > MAX_OUTCOMES_FRAME_BYTES:
+            batches.append(runner_pb2.OutcomeBatch(outcomes=chunk))
+            chunk, size = [], 0
+        chunk.append(wire)
+        size += wire_size
+    if chunk:
+        batches.append(runner_pb2.OutcomeBatch(outcomes=chunk))
+    return batches
+
+
+def _outcomes_size(message: runner_pb2.RunnerMessage | None) -> int | None:
+    """Encoded size of an ``outcomes`` message; None for any other message."""
+    if message is None or message.WhichOneof("kind") != "outcomes":
+        return None
+    return message.ByteSize()
+
+
 def coalesce(
     first: runner_pb2.RunnerMessage,
     queued: asyncio.Queue[runner_pb2.RunnerMessage | None],
 ) -> list[runner_pb2.RunnerMessage | None]:
     """``first`` plus every message already ``queued`` behind it, with runs of
-    outcome batches merged into one message. A grpc write is the runner's
-    costliest step per message; while one is in flight, outcomes pile up in
-    the queue and leave together. Order is kept; ``None`` (close) ends the list.
+    outcome batches merged into one message of at most
+    MAX_OUTCOMES_FRAME_BYTES. A grpc write is the runner's costliest step per
+    message; while one is in flight, outcomes pile up in the queue and leave
+    together. Order is kept; ``None`` (close) ends the list.
     """
     out: list[runner_pb2.RunnerMessage | None] = [first]
+    last_size = _outcomes_size(first)
     while not queued.empty():
         nxt = queued.get_nowait()
         last = out[-1]
+        size = _outcomes_size(nxt)
         if (
             nxt is not None
             and last is not None
-            and nxt.WhichOneof("kind") == "outcomes"
-            and last.WhichOneof("kind") == "outcomes"
+            and size is not None
+            and last_size is not None
+            and last_size + size <= MAX_OUTCOMES_FRAME_BYTES
         ):
             last.outcomes.outcomes.extend(nxt.outcomes.outcomes)
+            last_size += size
             continue
         out.append(nxt)
+        last_size = size
         if nxt is None:
             break
     return out
@@ -478,10 +520,8 @@ class Stream:
         Each outcome is encoded on its own: one that cannot be encoded is sent
         as a failure saying why, and never costs the others their outcome.
         """
-        batch = runner_pb2.OutcomeBatch(
-            outcomes=[encode_outcome_or_failure(o, max_error_bytes) for o in outcomes]
-        )
-        self._outgoing.put_nowait(runner_pb2.RunnerMessage(outcomes=batch))
+        for batch in outcome_batches(outcomes, max_error_bytes):
+            self._outgoing.put_nowait(runner_pb2.RunnerMessage(outcomes=batch))
 
     async def finish_sending(self) -> None:
         """Writes everything queued so far, then half-closes the stream."""

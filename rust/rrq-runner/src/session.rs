@@ -176,8 +176,8 @@ impl State {
     }
 
     fn flush(&mut self) {
-        if !self.pending.is_empty() {
-            let outcomes = std::mem::take(&mut self.pending);
+        let pending = std::mem::take(&mut self.pending);
+        for outcomes in frames(pending) {
             self.send(runner_message::Kind::Outcomes(OutcomeBatch { outcomes }));
         }
     }
@@ -382,6 +382,32 @@ fn encode_result(value: &Value, max_bytes: i64) -> outcome::Result {
     outcome::Result::Success(Success { result_json: text })
 }
 
+/// Outcomes in one message stop at this size: the orchestrator refuses a
+/// frame over its decoding limit (at least 64 MiB) by ending the stream, which
+/// would lose every outcome in it. One outcome larger than this goes alone.
+const MAX_OUTCOMES_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// `outcomes` split into batches of at most [`MAX_OUTCOMES_FRAME_BYTES`].
+fn frames(outcomes: Vec<Outcome>) -> Vec<Vec<Outcome>> {
+    use prost::Message as _;
+    let mut out = Vec::new();
+    let mut chunk = Vec::new();
+    let mut size = 0;
+    for o in outcomes {
+        let n = o.encoded_len() + 8; // the field tag and length in the batch
+        if !chunk.is_empty() && size + n > MAX_OUTCOMES_FRAME_BYTES {
+            out.push(std::mem::take(&mut chunk));
+            size = 0;
+        }
+        size += n;
+        chunk.push(o);
+    }
+    if !chunk.is_empty() {
+        out.push(chunk);
+    }
+    out
+}
+
 /// `result` with its error text cut to `cap` bytes per field (0: no cap).
 fn bound_error_text(result: outcome::Result, cap: usize) -> outcome::Result {
     match result {
@@ -491,6 +517,23 @@ mod tests {
             from_handler_error(HandlerError::retry(Some(MAX_RETRY_DELAY), "x")),
             outcome::Result::Retry(_)
         ));
+    }
+
+    #[test]
+    fn outcome_frames_stay_under_the_budget() {
+        let big = |i: usize| Outcome {
+            job_id: i.to_string(),
+            attempt: 1,
+            result: Some(outcome::Result::Success(Success {
+                result_json: "x".repeat(3 << 19), // 1.5 MiB
+            })),
+        };
+        let sizes: Vec<usize> = frames((0..5).map(big).collect())
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, [2, 2, 1]);
+        assert!(frames(Vec::new()).is_empty());
     }
 
     #[test]
