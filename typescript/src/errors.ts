@@ -84,7 +84,9 @@ export class WaitTimeoutError extends RRQError {
  * Thrown by a handler to ask for another attempt.
  *
  * `deferSeconds` sets the delay before it; without it the orchestrator's
- * backoff applies. The retry still counts against `maxRetries`.
+ * backoff applies. The retry still counts against `maxRetries`. A negative
+ * delay means "now"; NaN, an infinity or more than 100 years (3,153,600,000 s)
+ * fails the attempt as `InvalidRetryDelay` instead.
  */
 export class RetryJob extends RRQError {
   readonly deferSeconds: number | undefined;

@@ -21,8 +21,9 @@ import {
   type HelloAck,
   heartbeatMessage,
   helloMessage,
+  MAX_RETRY_DELAY_MS,
   type Outcome,
-  outcomesMessage,
+  outcomesMessages,
   type RunnerMessage,
   RunnerService,
 } from "./wire.js";
@@ -88,13 +89,50 @@ function roundHalfEven(value: number): number {
 
 /** The class name of a thrown value, for the outcome's error_type. */
 function errorType(error: unknown): string {
-  if (error instanceof Error) {
-    if (error.name && error.name !== "Error") return error.name;
-    const ctor = (error as { constructor?: { name?: unknown } }).constructor;
-    if (typeof ctor?.name === "string" && ctor.name !== "") return ctor.name;
-    return "Error";
+  try {
+    if (error instanceof Error) {
+      if (typeof error.name === "string" && error.name && error.name !== "Error") return error.name;
+      const ctor = (error as { constructor?: { name?: unknown } }).constructor;
+      if (typeof ctor?.name === "string" && ctor.name !== "") return ctor.name;
+    }
+  } catch {
+    // A throwing name getter: the outcome matters more than its type name.
   }
   return "Error";
+}
+
+/** `String(value)`, or a stand-in when even that throws (a null-prototype object). */
+function describe(value: unknown): string {
+  try {
+    if (value instanceof Error) return String(value.message);
+    return String(value);
+  } catch {
+    return `<${typeof value} that cannot be converted to a string>`;
+  }
+}
+
+/** The stack of a thrown Error, "" for anything else or a stack getter that throws. */
+function stackOf(value: unknown): string {
+  try {
+    return value instanceof Error ? String(value.stack ?? "") : "";
+  } catch {
+    return "";
+  }
+}
+
+/** [delay in ms or null for the backoff, ""] or [null, why the delay is invalid].
+ * A negative delay means "now"; NaN, an infinity, a non-number or more than
+ * 100 years (the orchestrator's limit) is a handler bug reported as a failure. */
+function retryDelayMs(defer: unknown): [number | null, string] {
+  if (defer === undefined || defer === null) return [null, ""];
+  const limitS = MAX_RETRY_DELAY_MS / 1000;
+  if (typeof defer !== "number" || !Number.isFinite(defer) || defer > limitS) {
+    return [
+      null,
+      `RetryJob deferSeconds must be a finite number of seconds of at most ${limitS} (100 years), got ${describe(defer)}`,
+    ];
+  }
+  return [Math.max(0, roundHalfEven(defer * 1000)), ""];
 }
 
 // By name as well as by class: a settings module may load its own copy of the package.
@@ -257,8 +295,8 @@ class Session {
       kind: "failure",
       failureKind,
       errorType: errorType(error),
-      message: error instanceof Error ? error.message : String(error),
-      traceback: error instanceof Error ? (error.stack ?? "") : "",
+      message: describe(error),
+      traceback: stackOf(error),
     };
   }
 
@@ -303,12 +341,19 @@ class Session {
     } catch (error) {
       if (execution.cancelled !== null) return this.#cancelledOutcome(execution);
       if (isNamed(error, "RetryJob")) {
-        const defer = (error as { deferSeconds?: unknown }).deferSeconds;
-        const delayMs =
-          typeof defer === "number" && Number.isFinite(defer)
-            ? Math.max(0, roundHalfEven(defer * 1000))
-            : null;
-        return { jobId, attempt, kind: "retry", delayMs, message: error.message };
+        const [delayMs, invalid] = retryDelayMs((error as { deferSeconds?: unknown }).deferSeconds);
+        if (invalid) {
+          return {
+            jobId,
+            attempt,
+            kind: "failure",
+            failureKind: "HANDLER_ERROR",
+            errorType: "InvalidRetryDelay",
+            message: `${invalid} (retry message: ${describe(error)})`,
+            traceback: stackOf(error),
+          };
+        }
+        return { jobId, attempt, kind: "retry", delayMs, message: describe(error) };
       }
       if (isNamed(error, "FatalJobError")) return this.#failure(execution, "FATAL", error);
       return this.#failure(execution, "HANDLER_ERROR", error);
@@ -366,7 +411,7 @@ class Session {
     if (this.#pending.length > 0) {
       const batch = this.#pending;
       this.#pending = [];
-      this.#outbox.push(outcomesMessage(batch));
+      for (const message of outcomesMessages(batch, this.#ack.maxErrorBytes)) this.#outbox.push(message);
     }
   }
 }

@@ -7,6 +7,7 @@
  */
 import { create } from "@bufbuild/protobuf";
 
+import { cutHead, cutTail, replaceUnencodable } from "./errorText.js";
 import { RRQError } from "./errors.js";
 import { JobStatus as WireJobStatus } from "./gen/rrq/v1/job_pb.js";
 import {
@@ -124,6 +125,8 @@ export interface HelloAck {
   readonly orchestratorId: string;
   readonly heartbeatIntervalMs: number;
   readonly maxResultBytes: number;
+  /** Cap on each error text sent (0: none); see errorText.ts. */
+  readonly maxErrorBytes: number;
 }
 
 /** One execution to run; `request` is null when the params are not a JSON object. */
@@ -221,6 +224,7 @@ export function decodeOrchestratorMessage(message: OrchestratorMessage): Orchest
         orchestratorId: kind.value.orchestratorId,
         heartbeatIntervalMs: Number(kind.value.heartbeatIntervalMs),
         maxResultBytes: Number(kind.value.maxResultBytes),
+        maxErrorBytes: Number(kind.value.maxErrorBytes),
       };
     case "execute":
       return {
@@ -265,7 +269,28 @@ export function decodeOrchestratorMessage(message: OrchestratorMessage): Orchest
   }
 }
 
-function encodeOutcome(outcome: Outcome): WireOutcome {
+/** Longest retry delay the orchestrator accepts (100 years); docs/protocol.md. */
+export const MAX_RETRY_DELAY_MS = 100 * 365 * 86_400 * 1000;
+const MAX_ERROR_TYPE_BYTES = 256;
+
+/** message, errorType and traceback made well-formed and cut to the cap; the
+ * message says how many characters were replaced (the note is never cut). */
+function errorTexts(
+  message: string,
+  errorType: string,
+  traceback: string,
+  maxErrorBytes: number,
+): [string, string, string] {
+  const [m, badMessage] = replaceUnencodable(message);
+  const [e, badType] = replaceUnencodable(errorType);
+  const [t, badTraceback] = replaceUnencodable(traceback);
+  const replaced = badMessage + badType + badTraceback;
+  const note = replaced > 0 ? ` [rrq: ${replaced} characters could not be encoded and were replaced]` : "";
+  const cap = maxErrorBytes > 0 ? Math.max(maxErrorBytes - note.length, 1) : 0;
+  return [cutHead(m, cap) + note, cutHead(e, MAX_ERROR_TYPE_BYTES), cutTail(t, maxErrorBytes)];
+}
+
+function encodeOutcome(outcome: Outcome, maxErrorBytes: number): WireOutcome {
   const base = { jobId: outcome.jobId, attempt: BigInt(outcome.attempt) };
   switch (outcome.kind) {
     case "success":
@@ -279,24 +304,28 @@ function encodeOutcome(outcome: Outcome): WireOutcome {
         result: {
           case: "retry",
           value: {
-            message: outcome.message,
-            ...(outcome.delayMs !== null ? { delayMs: BigInt(outcome.delayMs) } : {}),
+            message: errorTexts(outcome.message, "", "", maxErrorBytes)[0],
+            ...(outcome.delayMs !== null
+              ? { delayMs: BigInt(Math.min(Math.max(Math.round(outcome.delayMs), 0), MAX_RETRY_DELAY_MS)) }
+              : {}),
           },
         },
       });
-    case "failure":
+    case "failure": {
+      const [message, errorType, traceback] = errorTexts(
+        outcome.message,
+        outcome.errorType,
+        outcome.traceback,
+        maxErrorBytes,
+      );
       return create(OutcomeSchema, {
         ...base,
         result: {
           case: "failure",
-          value: {
-            kind: FAILURE_KINDS[outcome.failureKind],
-            errorType: outcome.errorType,
-            message: outcome.message,
-            traceback: outcome.traceback,
-          },
+          value: { kind: FAILURE_KINDS[outcome.failureKind], errorType, message, traceback },
         },
       });
+    }
     case "cancelled":
       return create(OutcomeSchema, { ...base, result: { case: "cancelled", value: {} } });
     case "timed_out":
@@ -333,8 +362,76 @@ export function heartbeatMessage(inFlight: number): RunnerMessage {
   return create(RunnerMessageSchema, { kind: { case: "heartbeat", value: { inFlight } } });
 }
 
-export function outcomesMessage(outcomes: readonly Outcome[]): RunnerMessage {
-  return create(RunnerMessageSchema, {
-    kind: { case: "outcomes", value: { outcomes: outcomes.map(encodeOutcome) } },
-  });
+/** `outcome` on the wire or, when it cannot be encoded, a failure of the same
+ * execution that names the problem: one bad outcome never costs its batch. */
+export function encodeOutcomeOrFailure(outcome: Outcome, maxErrorBytes = 0): WireOutcome {
+  try {
+    return encodeOutcome(outcome, maxErrorBytes);
+  } catch (error) {
+    let problem: string;
+    try {
+      problem = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+    } catch {
+      problem = "an error that cannot be described";
+    }
+    return encodeOutcome(
+      {
+        jobId: outcome.jobId,
+        attempt: outcome.attempt,
+        kind: "failure",
+        failureKind: "HANDLER_ERROR",
+        errorType: "OutcomeNotEncodable",
+        message: `the runner could not encode the ${outcome.kind} outcome: ${problem}`,
+        traceback: "",
+      },
+      maxErrorBytes,
+    );
+  }
+}
+
+/**
+ * Outcomes in one message stop at this size: the orchestrator refuses a frame
+ * over its decoding limit (at least 64 MiB) by ending the stream, which would
+ * lose every outcome in it. One outcome larger than this still goes, alone.
+ */
+export const MAX_OUTCOMES_FRAME_BYTES = 4 * 1024 * 1024;
+
+/** `outcomes` as `outcomes` messages of at most MAX_OUTCOMES_FRAME_BYTES each;
+ * each outcome is encoded on its own. */
+export function outcomesMessages(outcomes: readonly Outcome[], maxErrorBytes = 0): RunnerMessage[] {
+  const messages: RunnerMessage[] = [];
+  let chunk: WireOutcome[] = [];
+  let size = 0;
+  const emit = (): void => {
+    messages.push(create(RunnerMessageSchema, { kind: { case: "outcomes", value: { outcomes: chunk } } }));
+  };
+  for (const outcome of outcomes) {
+    const wire = encodeOutcomeOrFailure(outcome, maxErrorBytes);
+    const wireSize = approximateSize(wire);
+    if (chunk.length > 0 && size + wireSize > MAX_OUTCOMES_FRAME_BYTES) {
+      emit();
+      chunk = [];
+      size = 0;
+    }
+    chunk.push(wire);
+    size += wireSize;
+  }
+  if (chunk.length > 0) emit();
+  return messages;
+}
+
+/** An upper bound of an outcome's encoded size: its strings as UTF-8 plus room
+ * for tags, lengths and numbers. */
+function approximateSize(outcome: WireOutcome): number {
+  let size = 64 + Buffer.byteLength(outcome.jobId);
+  const { result } = outcome;
+  if (result.case === "success") size += Buffer.byteLength(result.value.resultJson);
+  else if (result.case === "retry") size += Buffer.byteLength(result.value.message);
+  else if (result.case === "failure") {
+    size +=
+      Buffer.byteLength(result.value.errorType) +
+      Buffer.byteLength(result.value.message) +
+      Buffer.byteLength(result.value.traceback);
+  }
+  return size;
 }

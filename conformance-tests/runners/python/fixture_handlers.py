@@ -56,6 +56,10 @@ async def always_fail(request: ExecutionRequest) -> None:
     raise FixtureError("always fails")
 
 
+async def fail_with_bytes(request: ExecutionRequest) -> None:
+    raise FixtureError("x" * int(request.params["bytes"]))
+
+
 async def retry_with_delay(request: ExecutionRequest) -> dict[str, Any]:
     if request.attempt == 1:
         raise RetryJob(defer_seconds=request.params["delay_seconds"], message="retry later")
@@ -116,6 +120,7 @@ for _handler in (
     sleep,
     fail_then_succeed,
     always_fail,
+    fail_with_bytes,
     retry_with_delay,
     hang_ignore_cancel,
     crash,

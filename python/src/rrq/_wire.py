@@ -18,12 +18,14 @@ from typing import Any, Literal, NoReturn
 import grpc.aio
 from google.protobuf.descriptor import FieldDescriptor
 
+from rrq import _error_text
 from rrq.exceptions import InvalidParamsError
 from rrq.execution import ExecutionContext, ExecutionRequest
 from rrq.job import AttemptError, JobResult, JobStatus
 from rrq.v1 import job_pb2, runner_pb2, runner_pb2_grpc
 
 __all__ = [
+    "MAX_RETRY_DELAY_MS",
     "PROTOCOL_VERSION",
     "Cancel",
     "Execute",
@@ -160,6 +162,8 @@ class HelloAck:
     orchestrator_id: str
     heartbeat_interval_ms: int
     max_result_bytes: int
+    # Cap on each error text sent (0: none); see _error_text.
+    max_error_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +303,12 @@ def decode_orchestrator_message(
     kind = message.WhichOneof("kind")
     if kind == "hello_ack":
         ack = message.hello_ack
-        return HelloAck(ack.orchestrator_id, ack.heartbeat_interval_ms, ack.max_result_bytes)
+        return HelloAck(
+            ack.orchestrator_id,
+            ack.heartbeat_interval_ms,
+            ack.max_result_bytes,
+            ack.max_error_bytes,
+        )
     if kind == "execute":
         return [_execute_from_wire(req) for req in message.execute.requests]
     if kind == "cancel":
@@ -319,19 +328,45 @@ _FAILURE_KIND: dict[str, runner_pb2.FailureKind.ValueType] = {
 }
 
 
-def _encode_outcome(outcome: Outcome) -> runner_pb2.Outcome:
+# Longest retry delay the orchestrator accepts (100 years); docs/protocol.md.
+MAX_RETRY_DELAY_MS = 100 * 365 * 86_400 * 1000
+_MAX_ERROR_TYPE_BYTES = 256
+
+
+def _error_texts(outcome: Outcome, max_error_bytes: int) -> tuple[str, str, str]:
+    """(message, error_type, traceback) made valid UTF-8 and cut to the cap.
+
+    Characters that cannot be encoded (lone surrogates) become U+FFFD and the
+    message says how many; the note is kept whole by cutting before it.
+    """
+    message, bad = _error_text.replace_unencodable(outcome.message)
+    error_type, bad_type = _error_text.replace_unencodable(outcome.error_type)
+    traceback, bad_tb = _error_text.replace_unencodable(outcome.traceback)
+    replaced = bad + bad_type + bad_tb
+    note = (
+        f" [rrq: {replaced} characters could not be encoded and were replaced]" if replaced else ""
+    )
+    cap = max(max_error_bytes - len(note), 1) if max_error_bytes > 0 else 0
+    message = _error_text.cut_head(message, cap) + note
+    error_type = _error_text.cut_head(error_type, _MAX_ERROR_TYPE_BYTES)
+    traceback = _error_text.cut_tail(traceback, max_error_bytes)
+    return message, error_type, traceback
+
+
+def _encode_outcome(outcome: Outcome, max_error_bytes: int = 0) -> runner_pb2.Outcome:
     wire = runner_pb2.Outcome(job_id=outcome.job_id, attempt=outcome.attempt)
     if outcome.kind == "success":
         wire.success.result_json = outcome.result_json
     elif outcome.kind == "retry":
-        wire.retry.message = outcome.message
+        wire.retry.message, _, _ = _error_texts(outcome, max_error_bytes)
         if outcome.delay_ms is not None:
-            wire.retry.delay_ms = outcome.delay_ms
+            wire.retry.delay_ms = min(max(outcome.delay_ms, 0), MAX_RETRY_DELAY_MS)
     elif outcome.kind == "failure":
+        message, error_type, traceback = _error_texts(outcome, max_error_bytes)
         wire.failure.kind = _FAILURE_KIND[outcome.failure_kind]
-        wire.failure.error_type = outcome.error_type
-        wire.failure.message = outcome.message
-        wire.failure.traceback = outcome.traceback
+        wire.failure.error_type = error_type
+        wire.failure.message = message
+        wire.failure.traceback = traceback
     elif outcome.kind == "cancelled":
         wire.cancelled.SetInParent()
     else:
@@ -339,28 +374,88 @@ def _encode_outcome(outcome: Outcome) -> runner_pb2.Outcome:
     return wire
 
 
+def encode_outcome_or_failure(outcome: Outcome, max_error_bytes: int = 0) -> runner_pb2.Outcome:
+    """``outcome`` on the wire or, when it cannot be encoded, a failure of the
+    same execution that names the problem (the job's attempt still ends)."""
+    try:
+        return _encode_outcome(outcome, max_error_bytes)
+    except Exception as exc:  # noqa: BLE001 - any encoding error becomes this job's failure
+        problem = ascii(f"{type(exc).__name__}: {exc}")[1:-1]
+        fallback = Outcome(
+            outcome.job_id,
+            outcome.attempt,
+            "failure",
+            failure_kind="HANDLER_ERROR",
+            error_type="OutcomeNotEncodable",
+            message=f"the runner could not encode the {outcome.kind} outcome: {problem}",
+        )
+        return _encode_outcome(fallback, max_error_bytes)
+
+
+# Outcomes merged into one message stop growing at this size: the
+# orchestrator refuses a frame over its decoding limit (at least 64 MiB) by
+# ending the stream, which would lose every outcome in it. One outcome larger
+# than this still goes, alone.
+MAX_OUTCOMES_FRAME_BYTES = 4 * 1024 * 1024
+
+
+def outcome_batches(
+    outcomes: Sequence[Outcome], max_error_bytes: int = 0
+) -> list[runner_pb2.OutcomeBatch]:
+    """``outcomes`` encoded one by one (see encode_outcome_or_failure), in
+    batches of at most MAX_OUTCOMES_FRAME_BYTES (an outcome larger than that
+    goes alone)."""
+    batches: list[runner_pb2.OutcomeBatch] = []
+    chunk: list[runner_pb2.Outcome] = []
+    size = 0
+    for outcome in outcomes:
+        wire = encode_outcome_or_failure(outcome, max_error_bytes)
+        wire_size = wire.ByteSize()
+        if chunk and size + wire_size > MAX_OUTCOMES_FRAME_BYTES:
+            batches.append(runner_pb2.OutcomeBatch(outcomes=chunk))
+            chunk, size = [], 0
+        chunk.append(wire)
+        size += wire_size
+    if chunk:
+        batches.append(runner_pb2.OutcomeBatch(outcomes=chunk))
+    return batches
+
+
+def _outcomes_size(message: runner_pb2.RunnerMessage | None) -> int | None:
+    """Encoded size of an ``outcomes`` message; None for any other message."""
+    if message is None or message.WhichOneof("kind") != "outcomes":
+        return None
+    return message.ByteSize()
+
+
 def coalesce(
     first: runner_pb2.RunnerMessage,
     queued: asyncio.Queue[runner_pb2.RunnerMessage | None],
 ) -> list[runner_pb2.RunnerMessage | None]:
     """``first`` plus every message already ``queued`` behind it, with runs of
-    outcome batches merged into one message. A grpc write is the runner's
-    costliest step per message; while one is in flight, outcomes pile up in
-    the queue and leave together. Order is kept; ``None`` (close) ends the list.
+    outcome batches merged into one message of at most
+    MAX_OUTCOMES_FRAME_BYTES. A grpc write is the runner's costliest step per
+    message; while one is in flight, outcomes pile up in the queue and leave
+    together. Order is kept; ``None`` (close) ends the list.
     """
     out: list[runner_pb2.RunnerMessage | None] = [first]
+    last_size = _outcomes_size(first)
     while not queued.empty():
         nxt = queued.get_nowait()
         last = out[-1]
+        size = _outcomes_size(nxt)
         if (
             nxt is not None
             and last is not None
-            and nxt.WhichOneof("kind") == "outcomes"
-            and last.WhichOneof("kind") == "outcomes"
+            and size is not None
+            and last_size is not None
+            and last_size + size <= MAX_OUTCOMES_FRAME_BYTES
         ):
             last.outcomes.outcomes.extend(nxt.outcomes.outcomes)
+            last_size += size
             continue
         out.append(nxt)
+        last_size = size
         if nxt is None:
             break
     return out
@@ -419,10 +514,14 @@ class Stream:
         heartbeat = runner_pb2.Heartbeat(in_flight=in_flight)
         self._outgoing.put_nowait(runner_pb2.RunnerMessage(heartbeat=heartbeat))
 
-    def send_outcomes(self, outcomes: Sequence[Outcome]) -> None:
-        """Queues one ``outcomes`` message carrying every given outcome."""
-        batch = runner_pb2.OutcomeBatch(outcomes=[_encode_outcome(o) for o in outcomes])
-        self._outgoing.put_nowait(runner_pb2.RunnerMessage(outcomes=batch))
+    def send_outcomes(self, outcomes: Sequence[Outcome], max_error_bytes: int = 0) -> None:
+        """Queues one ``outcomes`` message carrying every given outcome.
+
+        Each outcome is encoded on its own: one that cannot be encoded is sent
+        as a failure saying why, and never costs the others their outcome.
+        """
+        for batch in outcome_batches(outcomes, max_error_bytes):
+            self._outgoing.put_nowait(runner_pb2.RunnerMessage(outcomes=batch))
 
     async def finish_sending(self) -> None:
         """Writes everything queued so far, then half-closes the stream."""

@@ -91,13 +91,52 @@ def _is_async(handler: Handler) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+def _describe(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when the exception's ``__str__`` raises."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the outcome
+        return f"<{type(exc).__name__} whose str() raised>"
+
+
+def _retry_delay_ms(defer_seconds: float | None) -> tuple[int | None, str]:
+    """(delay in ms or None for the backoff, "") or (None, why it is invalid).
+
+    A negative delay means "now"; NaN, an infinity or more than 100 years
+    (the orchestrator's limit) is a handler bug reported as a failure.
+    """
+    if defer_seconds is None:
+        return None, ""
+    try:
+        delay = float(defer_seconds)
+    except (TypeError, ValueError, OverflowError):
+        return None, f"RetryJob defer_seconds must be a number, got {defer_seconds!r}"
+    limit_s = _wire.MAX_RETRY_DELAY_MS // 1000
+    if not math.isfinite(delay) or delay > limit_s:
+        return None, (
+            f"RetryJob defer_seconds must be a finite number of seconds of at most "
+            f"{limit_s} (100 years), got {defer_seconds!r}"
+        )
+    return max(0, round(delay * 1000)), ""
+
+
 def _encode_result(value: object, max_bytes: int) -> tuple[str, str]:
     """(result_json, "") or ("", failure kind) for a handler's return value."""
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        return str(exc), "RESULT_NOT_SERIALIZABLE"
-    size = len(text.encode("utf-8"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        return _describe(exc), "RESULT_NOT_SERIALIZABLE"
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        # Lone surrogates (e.g. a file name read with surrogateescape): the
+        # result cannot travel as UTF-8, and changing the data is not ours to do.
+        bad = sum(1 for c in text if "\ud800" <= c <= "\udfff")
+        return (
+            f"result holds {bad} character(s) that cannot be encoded as UTF-8 "
+            "(lone surrogates, as from a file name read with surrogateescape)",
+            "RESULT_NOT_SERIALIZABLE",
+        )
     if max_bytes > 0 and size > max_bytes:
         return f"result is {size} bytes of JSON, the limit is {max_bytes}", "RESULT_TOO_LARGE"
     return text, ""
@@ -216,12 +255,18 @@ class _Session:
         except RetryJob as exc:
             if execution.cancelled is not None:
                 return self._cancelled_outcome(execution)
-            delay = exc.defer_seconds
-            delay_ms = None
-            if delay is not None and math.isfinite(delay):
-                delay_ms = max(0, round(delay * 1000))
+            delay_ms, invalid = _retry_delay_ms(exc.defer_seconds)
+            if invalid:
+                return self._outcome(
+                    execution,
+                    "failure",
+                    failure_kind="HANDLER_ERROR",
+                    error_type="InvalidRetryDelay",
+                    message=f"{invalid} (retry message: {exc.message or _describe(exc)})",
+                    traceback=traceback.format_exc(),
+                )
             return self._outcome(
-                execution, "retry", delay_ms=delay_ms, message=exc.message or str(exc)
+                execution, "retry", delay_ms=delay_ms, message=exc.message or _describe(exc)
             )
         except FatalJobError as exc:
             if execution.cancelled is not None:
@@ -231,7 +276,7 @@ class _Session:
                 "failure",
                 failure_kind="FATAL",
                 error_type=type(exc).__name__,
-                message=str(exc),
+                message=_describe(exc),
                 traceback=traceback.format_exc(),
             )
         except asyncio.CancelledError:
@@ -246,7 +291,7 @@ class _Session:
                 "failure",
                 failure_kind="HANDLER_ERROR",
                 error_type=type(exc).__name__,
-                message=str(exc),
+                message=_describe(exc),
                 traceback=traceback.format_exc(),
             )
         if execution.cancelled is not None:
@@ -288,13 +333,17 @@ class _Session:
             return
         exc = task.exception()
         if exc is not None:  # a BaseException other than cancellation
+            try:
+                tb = "".join(traceback.format_exception(exc))
+            except Exception:  # noqa: BLE001 - the outcome matters more than its traceback
+                tb = ""
             outcome = self._outcome(
                 execution,
                 "failure",
                 failure_kind="HANDLER_ERROR",
                 error_type=type(exc).__name__,
-                message=str(exc),
-                traceback="".join(traceback.format_exception(exc)),
+                message=_describe(exc),
+                traceback=tb,
             )
         else:
             outcome = task.result()
@@ -308,7 +357,7 @@ class _Session:
         self._flush_scheduled = False
         if self._pending:
             batch, self._pending = self._pending, []
-            self._stream.send_outcomes(batch)
+            self._stream.send_outcomes(batch, self._ack.max_error_bytes)
 
     # --- liveness and shutdown ------------------------------------------------
 

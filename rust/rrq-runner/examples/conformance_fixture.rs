@@ -59,6 +59,10 @@ fn registry() -> Registry {
     r.register("always_fail", |_req, _c| async move {
         Err(HandlerError::failed("FixtureError", "always fails"))
     });
+    r.register("fail_with_bytes", |req, _c| async move {
+        let n = number(&req, "bytes").unwrap_or(0.0) as usize;
+        Err(HandlerError::failed("FixtureError", "x".repeat(n)))
+    });
     r.register("retry_with_delay", |req, _c| async move {
         if req.attempt == 1 {
             let d = number(&req, "delay_seconds").unwrap_or(0.0);

@@ -20,7 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use tracing::{debug, info, warn};
 
+use crate::error_text::{MAX_ERROR_TYPE_BYTES, cut_head, cut_tail};
 use crate::handler::{ExecutionRequest, HandlerError, Registry};
+
+/// Longest retry delay the orchestrator accepts: 100 years (docs/protocol.md).
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Heartbeat interval used when the hello_ack does not give one.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
@@ -76,6 +80,7 @@ impl Session {
         let mut state = State {
             registry: self.registry.clone(),
             max_result_bytes: self.ack.max_result_bytes,
+            max_error_bytes: usize::try_from(self.ack.max_error_bytes).unwrap_or(0),
             running: HashMap::new(),
             pending: Vec::new(),
             done_tx,
@@ -156,6 +161,8 @@ impl Session {
 struct State {
     registry: Arc<Registry>,
     max_result_bytes: i64,
+    /// Cap on each error text sent (0: none).
+    max_error_bytes: usize,
     running: HashMap<(String, i64), Running>,
     pending: Vec<Outcome>,
     done_tx: mpsc::UnboundedSender<Done>,
@@ -169,8 +176,8 @@ impl State {
     }
 
     fn flush(&mut self) {
-        if !self.pending.is_empty() {
-            let outcomes = std::mem::take(&mut self.pending);
+        let pending = std::mem::take(&mut self.pending);
+        for outcomes in frames(pending) {
             self.send(runner_message::Kind::Outcomes(OutcomeBatch { outcomes }));
         }
     }
@@ -314,7 +321,7 @@ impl State {
         self.pending.push(Outcome {
             job_id: key.0.clone(),
             attempt: key.1,
-            result: Some(result),
+            result: Some(bound_error_text(result, self.max_error_bytes)),
         });
     }
 
@@ -375,8 +382,65 @@ fn encode_result(value: &Value, max_bytes: i64) -> outcome::Result {
     outcome::Result::Success(Success { result_json: text })
 }
 
+/// Outcomes in one message stop at this size: the orchestrator refuses a
+/// frame over its decoding limit (at least 64 MiB) by ending the stream, which
+/// would lose every outcome in it. One outcome larger than this goes alone.
+const MAX_OUTCOMES_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// `outcomes` split into batches of at most [`MAX_OUTCOMES_FRAME_BYTES`].
+fn frames(outcomes: Vec<Outcome>) -> Vec<Vec<Outcome>> {
+    use prost::Message as _;
+    let mut out = Vec::new();
+    let mut chunk = Vec::new();
+    let mut size = 0;
+    for o in outcomes {
+        let n = o.encoded_len() + 8; // the field tag and length in the batch
+        if !chunk.is_empty() && size + n > MAX_OUTCOMES_FRAME_BYTES {
+            out.push(std::mem::take(&mut chunk));
+            size = 0;
+        }
+        size += n;
+        chunk.push(o);
+    }
+    if !chunk.is_empty() {
+        out.push(chunk);
+    }
+    out
+}
+
+/// `result` with its error text cut to `cap` bytes per field (0: no cap).
+fn bound_error_text(result: outcome::Result, cap: usize) -> outcome::Result {
+    match result {
+        outcome::Result::Retry(r) => outcome::Result::Retry(Retry {
+            delay_ms: r.delay_ms,
+            message: cut_head(r.message, cap),
+        }),
+        outcome::Result::Failure(f) => outcome::Result::Failure(Failure {
+            kind: f.kind,
+            error_type: cut_head(f.error_type, MAX_ERROR_TYPE_BYTES),
+            message: cut_head(f.message, cap),
+            traceback: cut_tail(f.traceback, cap),
+        }),
+        other => other,
+    }
+}
+
 fn from_handler_error(err: HandlerError) -> outcome::Result {
     match err {
+        // A delay past the orchestrator's limit is a handler bug: say so
+        // rather than clamp it silently.
+        HandlerError::Retry {
+            delay: Some(delay),
+            message,
+        } if delay > MAX_RETRY_DELAY => failure(
+            FailureKind::HandlerError,
+            "InvalidRetryDelay",
+            format!(
+                "HandlerError::retry delay must be at most {} s (100 years), got {} s (retry message: {message})",
+                MAX_RETRY_DELAY.as_secs(),
+                delay.as_secs()
+            ),
+        ),
         HandlerError::Retry { delay, message } => outcome::Result::Retry(Retry {
             delay_ms: delay.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
             message: if message.is_empty() {
@@ -429,6 +493,61 @@ mod tests {
             outcome::Result::Failure(f) => {
                 assert_eq!(f.kind, FailureKind::ResultTooLarge as i32);
                 assert_eq!(f.error_type, "ResultTooLarge");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn out_of_range_retry_delays_fail_the_attempt() {
+        for secs in [MAX_RETRY_DELAY.as_secs() + 1, u64::MAX] {
+            match from_handler_error(HandlerError::retry(Some(Duration::from_secs(secs)), "x")) {
+                outcome::Result::Failure(f) => {
+                    assert_eq!(f.error_type, "InvalidRetryDelay");
+                    assert!(
+                        f.message.contains(&format!("got {secs} s")),
+                        "{}",
+                        f.message
+                    );
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(matches!(
+            from_handler_error(HandlerError::retry(Some(MAX_RETRY_DELAY), "x")),
+            outcome::Result::Retry(_)
+        ));
+    }
+
+    #[test]
+    fn outcome_frames_stay_under_the_budget() {
+        let big = |i: usize| Outcome {
+            job_id: i.to_string(),
+            attempt: 1,
+            result: Some(outcome::Result::Success(Success {
+                result_json: "x".repeat(3 << 19), // 1.5 MiB
+            })),
+        };
+        let sizes: Vec<usize> = frames((0..5).map(big).collect())
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, [2, 2, 1]);
+        assert!(frames(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn error_text_is_cut_to_the_ack_cap() {
+        let cut = bound_error_text(
+            failure(FailureKind::HandlerError, "E", "m".repeat(1 << 20)),
+            1024,
+        );
+        match cut {
+            outcome::Result::Failure(f) => {
+                assert!(
+                    f.message
+                        .ends_with("… [truncated by rrq: 1048576 bytes, kept 1024]")
+                )
             }
             other => panic!("unexpected {other:?}"),
         }

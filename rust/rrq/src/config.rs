@@ -75,6 +75,12 @@ pub struct Config {
     pub default_unique_job_lock_ttl_seconds: f64,
     /// Largest params accepted and largest result stored.
     pub max_payload_bytes: u64,
+    /// Longest error message kept per attempt (UTF-8 bytes; longer ones
+    /// keep their head and a marker).
+    pub max_error_message_bytes: u32,
+    /// Longest traceback kept per attempt (UTF-8 bytes; longer ones keep
+    /// their tail and a marker).
+    pub max_traceback_bytes: u32,
     /// Delay before the first retry.
     pub retry_backoff_initial_seconds: f64,
     /// Cap on the retry delay.
@@ -125,6 +131,8 @@ impl Default for Config {
             dlq_retention_seconds: 604_800.0,
             default_unique_job_lock_ttl_seconds: 21_600.0,
             max_payload_bytes: 1_048_576,
+            max_error_message_bytes: 8_192,
+            max_traceback_bytes: 16_384,
             retry_backoff_initial_seconds: 1.0,
             retry_backoff_max_seconds: 300.0,
             lease_seconds: 30.0,
@@ -410,6 +418,21 @@ impl Config {
         if self.max_payload_bytes == 0 || self.max_payload_bytes > i64::MAX as u64 {
             return Err((key("max_payload_bytes"), "must be at least 1".to_owned()));
         }
+        for (name, value) in [
+            ("max_error_message_bytes", self.max_error_message_bytes),
+            ("max_traceback_bytes", self.max_traceback_bytes),
+        ] {
+            if !ERROR_TEXT_BYTES.contains(&value) {
+                return Err((
+                    key(name),
+                    format!(
+                        "must be between {} and {} bytes, got {value}",
+                        ERROR_TEXT_BYTES.start(),
+                        ERROR_TEXT_BYTES.end()
+                    ),
+                ));
+            }
+        }
         if self.default_queue_name.is_empty() {
             return Err((key("default_queue_name"), "must not be empty".to_owned()));
         }
@@ -618,6 +641,11 @@ impl Config {
 
 /// Upper bound of every seconds value (100 years): keeps Duration and
 /// millisecond arithmetic far from overflow.
+/// Range of `max_error_message_bytes` and `max_traceback_bytes`: at least
+/// room for a readable message, at most 1 MiB (each attempt's error is kept,
+/// so a record holds up to `max_retries + 1` of them).
+const ERROR_TEXT_BYTES: std::ops::RangeInclusive<u32> = 256..=1_048_576;
+
 const MAX_SECONDS: f64 = 100.0 * 365.0 * 86_400.0;
 
 fn secs(value: f64) -> Duration {
@@ -786,11 +814,32 @@ max_in_flight = 10      # Concurrent jobs per runner
         assert_eq!(c.default_queue_name, "default");
         assert_eq!(c.default_max_retries, 3);
         assert_eq!(c.max_payload_bytes, 1_048_576);
+        assert_eq!(c.max_error_message_bytes, 8_192);
+        assert_eq!(c.max_traceback_bytes, 16_384);
         assert_eq!(c.lease(), Duration::from_secs(30));
         assert_eq!(c.lease_renew_interval(), Duration::from_secs(10));
         assert_eq!(c.default_result_ttl_ms(), 86_400_000);
         assert_eq!(c.dlq_retention_ms(), 604_800_000);
         assert_eq!(c.default_runner(), None);
+    }
+
+    #[test]
+    fn error_text_caps_are_bounded() {
+        let c =
+            parse("[rrq]\nmax_error_message_bytes = 256\nmax_traceback_bytes = 1048576\n").unwrap();
+        assert_eq!(c.max_error_message_bytes, 256);
+        assert_eq!(c.max_traceback_bytes, 1_048_576);
+        for (name, bad) in [
+            ("max_error_message_bytes", "255"),
+            ("max_error_message_bytes", "1048577"),
+            ("max_traceback_bytes", "0"),
+            ("max_traceback_bytes", "-1"),
+            ("max_traceback_bytes", "1e9"),
+            ("max_error_message_bytes", "99999999999"),
+        ] {
+            let (key, message) = err_key(&format!("[rrq]\n{name} = {bad}\n"));
+            assert_eq!(key, format!("rrq.{name}"), "{bad}: {message}");
+        }
     }
 
     #[test]

@@ -132,6 +132,8 @@ impl Dispatcher {
             max_payload_bytes: usize::try_from(cfg.max_payload_bytes).unwrap_or(usize::MAX),
             backoff_initial: cfg.backoff_initial(),
             backoff_max: cfg.backoff_max(),
+            max_message_bytes: cfg.max_error_message_bytes as usize,
+            max_traceback_bytes: cfg.max_traceback_bytes as usize,
         };
         Arc::new(Self {
             cfg,

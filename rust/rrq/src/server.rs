@@ -74,6 +74,11 @@ impl RunnerService for Endpoint {
                 orchestrator_id: self.instance_id.clone(),
                 heartbeat_interval_ms: self.cfg.heartbeat_interval().as_millis() as i64,
                 max_result_bytes: i64::try_from(self.cfg.max_payload_bytes).unwrap_or(i64::MAX),
+                max_error_bytes: i64::from(
+                    self.cfg
+                        .max_error_message_bytes
+                        .max(self.cfg.max_traceback_bytes),
+                ),
             })),
         }));
         let close = CancellationToken::new();

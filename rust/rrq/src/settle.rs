@@ -10,6 +10,8 @@ use rrq_store::{Error as StoreError, Settle, SettleAction, Store};
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, warn};
 
+use crate::error_text::{MAX_ERROR_TYPE_BYTES, cut_head, cut_tail};
+
 /// Error types written to `last_error_type` by the orchestrator itself.
 pub mod error_type {
     /// The attempt passed its deadline.
@@ -26,8 +28,11 @@ pub mod error_type {
     pub const CANCELLED: &str = "Cancelled";
 }
 
-/// Longest traceback kept in an `errors_json` entry (its tail, where the error is).
-const MAX_TRACEBACK_BYTES: usize = 8 * 1024;
+/// Longest retry delay a runner may ask for: 100 years, the longest duration
+/// any `rrq.toml` key accepts. A longer one (up to `i64::MAX` from a buggy or
+/// foreign runner) is clamped to it and the clamp is noted in the message; the
+/// settle of that job, and of the other jobs of its batch, goes through.
+pub const MAX_RETRY_DELAY_MS: i64 = 100 * 365 * 86_400 * 1000;
 
 /// Inputs of [`action_for`] that come from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +43,10 @@ pub struct Policy {
     pub backoff_initial: Duration,
     /// Retry delay cap.
     pub backoff_max: Duration,
+    /// Cap on a message kept as `last_error` and in `errors_json`.
+    pub max_message_bytes: usize,
+    /// Cap on a traceback kept in `errors_json`.
+    pub max_traceback_bytes: usize,
 }
 
 impl Policy {
@@ -77,19 +86,29 @@ pub fn action_for(
                 }
             }
         }
-        Some(outcome::Result::Retry(r)) => SettleAction::Retry {
-            message: if r.message.is_empty() {
+        Some(outcome::Result::Retry(r)) => {
+            let mut message = if r.message.is_empty() {
                 "the handler asked to be retried".to_owned()
             } else {
-                r.message.clone()
-            },
-            error_type: error_type::RETRY.to_owned(),
-            delay_ms: r
-                .delay_ms
-                .map(|d| d.max(0))
-                .unwrap_or_else(|| policy.backoff_ms(attempt)),
-            traceback: String::new(),
-        },
+                cut_head(&r.message, policy.max_message_bytes).into_owned()
+            };
+            let delay_ms = match r.delay_ms {
+                None => policy.backoff_ms(attempt),
+                Some(d) if d > MAX_RETRY_DELAY_MS => {
+                    message.push_str(&format!(
+                        " [rrq: retry delay of {d} ms clamped to {MAX_RETRY_DELAY_MS} ms]"
+                    ));
+                    MAX_RETRY_DELAY_MS
+                }
+                Some(d) => d.max(0),
+            };
+            SettleAction::Retry {
+                message,
+                error_type: error_type::RETRY.to_owned(),
+                delay_ms,
+                traceback: String::new(),
+            }
+        }
         Some(outcome::Result::Failure(f)) => {
             let kind = FailureKind::try_from(f.kind).unwrap_or(FailureKind::HandlerError);
             let error_type = if f.error_type.is_empty() {
@@ -97,10 +116,10 @@ pub fn action_for(
                     .trim_start_matches("FAILURE_KIND_")
                     .to_owned()
             } else {
-                f.error_type.clone()
+                cut_head(&f.error_type, MAX_ERROR_TYPE_BYTES).into_owned()
             };
-            let message = failure_message(&f.message);
-            let traceback = traceback_tail(&f.traceback).to_owned();
+            let message = failure_message(&cut_head(&f.message, policy.max_message_bytes));
+            let traceback = cut_tail(&f.traceback, policy.max_traceback_bytes).into_owned();
             match kind {
                 FailureKind::UnknownHandler | FailureKind::InvalidParams | FailureKind::Fatal => {
                     SettleAction::Fail {
@@ -144,15 +163,6 @@ fn failure_message(message: &str) -> String {
     } else {
         message.to_owned()
     }
-}
-
-/// The last [`MAX_TRACEBACK_BYTES`] of `traceback`, cut at a character boundary.
-pub fn traceback_tail(traceback: &str) -> &str {
-    let mut start = traceback.len().saturating_sub(MAX_TRACEBACK_BYTES);
-    while !traceback.is_char_boundary(start) {
-        start += 1;
-    }
-    &traceback[start..]
 }
 
 /// Queue of settles feeding one writer task that batches them into pipelines.
@@ -277,6 +287,8 @@ mod tests {
         max_payload_bytes: 10,
         backoff_initial: Duration::from_secs(1),
         backoff_max: Duration::from_secs(300),
+        max_message_bytes: 256,
+        max_traceback_bytes: 512,
     };
 
     #[test]
@@ -379,13 +391,69 @@ mod tests {
     }
 
     #[test]
-    fn long_tracebacks_keep_their_tail() {
-        let tb = format!("{}END", "é".repeat(MAX_TRACEBACK_BYTES));
-        let t = traceback_tail(&tb);
-        assert!(t.ends_with("END"));
-        assert!(t.len() <= MAX_TRACEBACK_BYTES);
-        assert_eq!(traceback_tail("short"), "short");
+    fn long_error_texts_are_cut_to_the_policy() {
+        let r = outcome::Result::Failure(Failure {
+            kind: FailureKind::HandlerError as i32,
+            error_type: "E".repeat(5000),
+            message: format!("START{}", "m".repeat(5 * 1024 * 1024)),
+            traceback: format!("{}END", "é".repeat(10_000)),
+        });
+        match action_for(Some(&r), 1, &POLICY) {
+            Some(SettleAction::Retry {
+                message,
+                error_type,
+                traceback,
+                ..
+            }) => {
+                assert!(message.starts_with("START"));
+                assert!(message.ends_with("… [truncated by rrq: 5242885 bytes, kept 256]"));
+                assert!(traceback.ends_with("END"));
+                assert!(traceback.starts_with("[truncated by rrq: 20003 bytes, kept the last"));
+                assert!(traceback.len() <= 512 + crate::error_text::MARKER_ROOM);
+                assert!(error_type.len() <= MAX_ERROR_TYPE_BYTES + crate::error_text::MARKER_ROOM);
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = outcome::Result::Retry(Retry {
+            delay_ms: None,
+            message: "r".repeat(100_000),
+        });
+        match action_for(Some(&r), 1, &POLICY) {
+            Some(SettleAction::Retry { message, .. }) => {
+                assert!(message.ends_with("… [truncated by rrq: 100000 bytes, kept 256]"))
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(failure_message(""), "the handler failed");
+    }
+
+    #[test]
+    fn out_of_range_retry_delays_are_clamped_and_noted() {
+        for (asked, kept) in [
+            (i64::MAX, MAX_RETRY_DELAY_MS),
+            (MAX_RETRY_DELAY_MS + 1, MAX_RETRY_DELAY_MS),
+            (MAX_RETRY_DELAY_MS, MAX_RETRY_DELAY_MS),
+            (i64::MIN, 0),
+            (-5, 0),
+        ] {
+            let r = outcome::Result::Retry(Retry {
+                delay_ms: Some(asked),
+                message: "later".into(),
+            });
+            match action_for(Some(&r), 1, &POLICY) {
+                Some(SettleAction::Retry {
+                    delay_ms, message, ..
+                }) => {
+                    assert_eq!(delay_ms, kept, "{asked}");
+                    assert_eq!(
+                        message.contains("clamped"),
+                        asked > MAX_RETRY_DELAY_MS,
+                        "{message}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -55,6 +55,9 @@ export const registry = new Registry()
   .register("always_fail", () => {
     throw new FixtureError("always fails");
   })
+  .register("fail_with_bytes", (request) => {
+    throw new FixtureError("x".repeat(Number(request.params["bytes"])));
+  })
   .register("retry_with_delay", (request) => {
     if (request.attempt === 1) {
       throw new RetryJob({ deferSeconds: Number(request.params["delay_seconds"]), message: "retry later" });

@@ -24,47 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13rrq/v1/runner.proto\x12\x06rrq.v1\"\x8f\x01\n\rRunnerMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.rrq.v1.RunnerHelloH\x00\x12(\n\x08outcomes\x18\x02 \x01(\x0b\x32\x14.rrq.v1.OutcomeBatchH\x00\x12&\n\theartbeat\x18\x03 \x01(\x0b\x32\x11.rrq.v1.HeartbeatH\x00\x42\x06\n\x04kind\"\x92\x01\n\x13OrchestratorMessage\x12%\n\thello_ack\x18\x01 \x01(\x0b\x32\x10.rrq.v1.HelloAckH\x00\x12\'\n\x07\x65xecute\x18\x02 \x01(\x0b\x32\x14.rrq.v1.ExecuteBatchH\x00\x12#\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x11.rrq.v1.CancelJobH\x00\x42\x06\n\x04kind\"\x9b\x01\n\x0bRunnerHello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0brunner_name\x18\x02 \x01(\t\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x10\n\x08handlers\x18\x04 \x03(\t\x12\x15\n\rmax_in_flight\x18\x05 \x01(\r\x12\x0b\n\x03pid\x18\x06 \x01(\r\x12\x15\n\rprocess_token\x18\x07 \x01(\t\"v\n\x08HelloAck\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x17\n\x0forchestrator_id\x18\x02 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x03\x12\x18\n\x10max_result_bytes\x18\x04 \x01(\x03\":\n\x0c\x45xecuteBatch\x12*\n\x08requests\x18\x01 \x03(\x0b\x32\x18.rrq.v1.ExecutionRequest\"\xe0\x01\n\x10\x45xecutionRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x03\x12\x15\n\rfunction_name\x18\x03 \x01(\t\x12\x13\n\x0bparams_json\x18\x04 \x01(\t\x12\x12\n\nqueue_name\x18\x05 \x01(\t\x12\x16\n\x0e\x65nqueued_at_ms\x18\x06 \x01(\x03\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x07 \x01(\x03\x12\x14\n\x0ctrace_parent\x18\x08 \x01(\t\x12\x13\n\x0btrace_state\x18\t \x01(\t\x12\x13\n\x0bmax_retries\x18\n \x01(\x03\"R\n\tCancelJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x03\x12$\n\x06reason\x18\x03 \x01(\x0e\x32\x14.rrq.v1.CancelReason\"1\n\x0cOutcomeBatch\x12!\n\x08outcomes\x18\x01 \x03(\x0b\x32\x0f.rrq.v1.Outcome\"\xeb\x01\n\x07Outcome\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x03\x12\"\n\x07success\x18\x03 \x01(\x0b\x32\x0f.rrq.v1.SuccessH\x00\x12\x1e\n\x05retry\x18\x04 \x01(\x0b\x32\r.rrq.v1.RetryH\x00\x12\"\n\x07\x66\x61ilure\x18\x05 \x01(\x0b\x32\x0f.rrq.v1.FailureH\x00\x12&\n\tcancelled\x18\x06 \x01(\x0b\x32\x11.rrq.v1.CancelledH\x00\x12%\n\ttimed_out\x18\x07 \x01(\x0b\x32\x10.rrq.v1.TimedOutH\x00\x42\x08\n\x06result\"\x1e\n\x07Success\x12\x13\n\x0bresult_json\x18\x01 \x01(\t\"<\n\x05Retry\x12\x15\n\x08\x64\x65lay_ms\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x02 \x01(\tB\x0b\n\t_delay_ms\"d\n\x07\x46\x61ilure\x12!\n\x04kind\x18\x01 \x01(\x0e\x32\x13.rrq.v1.FailureKind\x12\x12\n\nerror_type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\"\x0b\n\tCancelled\"\n\n\x08TimedOut\"\x1e\n\tHeartbeat\x12\x11\n\tin_flight\x18\x01 \x01(\r*\x9f\x01\n\x0c\x43\x61ncelReason\x12\x1d\n\x19\x43\x41NCEL_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41NCEL_REASON_TIMEOUT\x10\x01\x12\x1b\n\x17\x43\x41NCEL_REASON_REQUESTED\x10\x02\x12\x1a\n\x16\x43\x41NCEL_REASON_SHUTDOWN\x10\x03\x12\x1c\n\x18\x43\x41NCEL_REASON_LEASE_LOST\x10\x04*\xf3\x01\n\x0b\x46\x61ilureKind\x12\x1c\n\x18\x46\x41ILURE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x46\x41ILURE_KIND_HANDLER_ERROR\x10\x01\x12 \n\x1c\x46\x41ILURE_KIND_UNKNOWN_HANDLER\x10\x02\x12\x1f\n\x1b\x46\x41ILURE_KIND_INVALID_PARAMS\x10\x03\x12(\n$FAILURE_KIND_RESULT_NOT_SERIALIZABLE\x10\x04\x12!\n\x1d\x46\x41ILURE_KIND_RESULT_TOO_LARGE\x10\x05\x12\x16\n\x12\x46\x41ILURE_KIND_FATAL\x10\x06\x32R\n\rRunnerService\x12\x41\n\x07\x43onnect\x12\x15.rrq.v1.RunnerMessage\x1a\x1b.rrq.v1.OrchestratorMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13rrq/v1/runner.proto\x12\x06rrq.v1\"\x8f\x01\n\rRunnerMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.rrq.v1.RunnerHelloH\x00\x12(\n\x08outcomes\x18\x02 \x01(\x0b\x32\x14.rrq.v1.OutcomeBatchH\x00\x12&\n\theartbeat\x18\x03 \x01(\x0b\x32\x11.rrq.v1.HeartbeatH\x00\x42\x06\n\x04kind\"\x92\x01\n\x13OrchestratorMessage\x12%\n\thello_ack\x18\x01 \x01(\x0b\x32\x10.rrq.v1.HelloAckH\x00\x12\'\n\x07\x65xecute\x18\x02 \x01(\x0b\x32\x14.rrq.v1.ExecuteBatchH\x00\x12#\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x11.rrq.v1.CancelJobH\x00\x42\x06\n\x04kind\"\x9b\x01\n\x0bRunnerHello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0brunner_name\x18\x02 \x01(\t\x12\x10\n\x08language\x18\x03 \x01(\t\x12\x10\n\x08handlers\x18\x04 \x03(\t\x12\x15\n\rmax_in_flight\x18\x05 \x01(\r\x12\x0b\n\x03pid\x18\x06 \x01(\r\x12\x15\n\rprocess_token\x18\x07 \x01(\t\"\x8f\x01\n\x08HelloAck\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x17\n\x0forchestrator_id\x18\x02 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x03\x12\x18\n\x10max_result_bytes\x18\x04 \x01(\x03\x12\x17\n\x0fmax_error_bytes\x18\x05 \x01(\x03\":\n\x0c\x45xecuteBatch\x12*\n\x08requests\x18\x01 \x03(\x0b\x32\x18.rrq.v1.ExecutionRequest\"\xe0\x01\n\x10\x45xecutionRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x03\x12\x15\n\rfunction_name\x18\x03 \x01(\t\x12\x13\n\x0bparams_json\x18\x04 \x01(\t\x12\x12\n\nqueue_name\x18\x05 \x01(\t\x12\x16\n\x0e\x65nqueued_at_ms\x18\x06 \x01(\x03\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x07 \x01(\x03\x12\x14\n\x0ctrace_parent\x18\x08 \x01(\t\x12\x13\n\x0btrace_state\x18\t \x01(\t\x12\x13\n\x0bmax_retries\x18\n \x01(\x03\"R\n\tCancelJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x03\x12$\n\x06reason\x18\x03 \x01(\x0e\x32\x14.rrq.v1.CancelReason\"1\n\x0cOutcomeBatch\x12!\n\x08outcomes\x18\x01 \x03(\x0b\x32\x0f.rrq.v1.Outcome\"\xeb\x01\n\x07Outcome\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x03\x12\"\n\x07success\x18\x03 \x01(\x0b\x32\x0f.rrq.v1.SuccessH\x00\x12\x1e\n\x05retry\x18\x04 \x01(\x0b\x32\r.rrq.v1.RetryH\x00\x12\"\n\x07\x66\x61ilure\x18\x05 \x01(\x0b\x32\x0f.rrq.v1.FailureH\x00\x12&\n\tcancelled\x18\x06 \x01(\x0b\x32\x11.rrq.v1.CancelledH\x00\x12%\n\ttimed_out\x18\x07 \x01(\x0b\x32\x10.rrq.v1.TimedOutH\x00\x42\x08\n\x06result\"\x1e\n\x07Success\x12\x13\n\x0bresult_json\x18\x01 \x01(\t\"<\n\x05Retry\x12\x15\n\x08\x64\x65lay_ms\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x02 \x01(\tB\x0b\n\t_delay_ms\"d\n\x07\x46\x61ilure\x12!\n\x04kind\x18\x01 \x01(\x0e\x32\x13.rrq.v1.FailureKind\x12\x12\n\nerror_type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\"\x0b\n\tCancelled\"\n\n\x08TimedOut\"\x1e\n\tHeartbeat\x12\x11\n\tin_flight\x18\x01 \x01(\r*\x9f\x01\n\x0c\x43\x61ncelReason\x12\x1d\n\x19\x43\x41NCEL_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41NCEL_REASON_TIMEOUT\x10\x01\x12\x1b\n\x17\x43\x41NCEL_REASON_REQUESTED\x10\x02\x12\x1a\n\x16\x43\x41NCEL_REASON_SHUTDOWN\x10\x03\x12\x1c\n\x18\x43\x41NCEL_REASON_LEASE_LOST\x10\x04*\xf3\x01\n\x0b\x46\x61ilureKind\x12\x1c\n\x18\x46\x41ILURE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x46\x41ILURE_KIND_HANDLER_ERROR\x10\x01\x12 \n\x1c\x46\x41ILURE_KIND_UNKNOWN_HANDLER\x10\x02\x12\x1f\n\x1b\x46\x41ILURE_KIND_INVALID_PARAMS\x10\x03\x12(\n$FAILURE_KIND_RESULT_NOT_SERIALIZABLE\x10\x04\x12!\n\x1d\x46\x41ILURE_KIND_RESULT_TOO_LARGE\x10\x05\x12\x16\n\x12\x46\x41ILURE_KIND_FATAL\x10\x06\x32R\n\rRunnerService\x12\x41\n\x07\x43onnect\x12\x15.rrq.v1.RunnerMessage\x1a\x1b.rrq.v1.OrchestratorMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rrq.v1.runner_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CANCELREASON']._serialized_start=1518
-  _globals['_CANCELREASON']._serialized_end=1677
-  _globals['_FAILUREKIND']._serialized_start=1680
-  _globals['_FAILUREKIND']._serialized_end=1923
+  _globals['_CANCELREASON']._serialized_start=1544
+  _globals['_CANCELREASON']._serialized_end=1703
+  _globals['_FAILUREKIND']._serialized_start=1706
+  _globals['_FAILUREKIND']._serialized_end=1949
   _globals['_RUNNERMESSAGE']._serialized_start=32
   _globals['_RUNNERMESSAGE']._serialized_end=175
   _globals['_ORCHESTRATORMESSAGE']._serialized_start=178
   _globals['_ORCHESTRATORMESSAGE']._serialized_end=324
   _globals['_RUNNERHELLO']._serialized_start=327
   _globals['_RUNNERHELLO']._serialized_end=482
-  _globals['_HELLOACK']._serialized_start=484
-  _globals['_HELLOACK']._serialized_end=602
-  _globals['_EXECUTEBATCH']._serialized_start=604
-  _globals['_EXECUTEBATCH']._serialized_end=662
-  _globals['_EXECUTIONREQUEST']._serialized_start=665
-  _globals['_EXECUTIONREQUEST']._serialized_end=889
-  _globals['_CANCELJOB']._serialized_start=891
-  _globals['_CANCELJOB']._serialized_end=973
-  _globals['_OUTCOMEBATCH']._serialized_start=975
-  _globals['_OUTCOMEBATCH']._serialized_end=1024
-  _globals['_OUTCOME']._serialized_start=1027
-  _globals['_OUTCOME']._serialized_end=1262
-  _globals['_SUCCESS']._serialized_start=1264
-  _globals['_SUCCESS']._serialized_end=1294
-  _globals['_RETRY']._serialized_start=1296
-  _globals['_RETRY']._serialized_end=1356
-  _globals['_FAILURE']._serialized_start=1358
-  _globals['_FAILURE']._serialized_end=1458
-  _globals['_CANCELLED']._serialized_start=1460
-  _globals['_CANCELLED']._serialized_end=1471
-  _globals['_TIMEDOUT']._serialized_start=1473
-  _globals['_TIMEDOUT']._serialized_end=1483
-  _globals['_HEARTBEAT']._serialized_start=1485
-  _globals['_HEARTBEAT']._serialized_end=1515
-  _globals['_RUNNERSERVICE']._serialized_start=1925
-  _globals['_RUNNERSERVICE']._serialized_end=2007
+  _globals['_HELLOACK']._serialized_start=485
+  _globals['_HELLOACK']._serialized_end=628
+  _globals['_EXECUTEBATCH']._serialized_start=630
+  _globals['_EXECUTEBATCH']._serialized_end=688
+  _globals['_EXECUTIONREQUEST']._serialized_start=691
+  _globals['_EXECUTIONREQUEST']._serialized_end=915
+  _globals['_CANCELJOB']._serialized_start=917
+  _globals['_CANCELJOB']._serialized_end=999
+  _globals['_OUTCOMEBATCH']._serialized_start=1001
+  _globals['_OUTCOMEBATCH']._serialized_end=1050
+  _globals['_OUTCOME']._serialized_start=1053
+  _globals['_OUTCOME']._serialized_end=1288
+  _globals['_SUCCESS']._serialized_start=1290
+  _globals['_SUCCESS']._serialized_end=1320
+  _globals['_RETRY']._serialized_start=1322
+  _globals['_RETRY']._serialized_end=1382
+  _globals['_FAILURE']._serialized_start=1384
+  _globals['_FAILURE']._serialized_end=1484
+  _globals['_CANCELLED']._serialized_start=1486
+  _globals['_CANCELLED']._serialized_end=1497
+  _globals['_TIMEDOUT']._serialized_start=1499
+  _globals['_TIMEDOUT']._serialized_end=1509
+  _globals['_HEARTBEAT']._serialized_start=1511
+  _globals['_HEARTBEAT']._serialized_end=1541
+  _globals['_RUNNERSERVICE']._serialized_start=1951
+  _globals['_RUNNERSERVICE']._serialized_end=2033
 # @@protoc_insertion_point(module_scope)

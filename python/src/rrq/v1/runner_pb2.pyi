@@ -227,6 +227,7 @@ class HelloAck(_message.Message):
     ORCHESTRATOR_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     MAX_RESULT_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_ERROR_BYTES_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     """Protocol version the orchestrator will speak on this stream."""
     orchestrator_id: _builtins.str
@@ -235,6 +236,15 @@ class HelloAck(_message.Message):
     """How often the runner must send a heartbeat."""
     max_result_bytes: _builtins.int
     """Largest result_json the orchestrator stores; larger results fail the attempt."""
+    max_error_bytes: _builtins.int
+    """Largest error text, in UTF-8 bytes, the orchestrator stores per field: the
+    larger of its `max_error_message_bytes` and `max_traceback_bytes`. A runner
+    cuts a failure's or retry's message (keeping the head) and a traceback
+    (keeping the tail) to this size before sending and marks the cut
+    ("[truncated by rrq: N bytes, kept M]"), so megabytes of error text never
+    cross the stream; the orchestrator cuts again to each field's own cap
+    whatever a runner sends. 0 (an older orchestrator) means no runner-side cap.
+    """
     def __init__(
         self,
         *,
@@ -242,10 +252,11 @@ class HelloAck(_message.Message):
         orchestrator_id: _builtins.str = ...,
         heartbeat_interval_ms: _builtins.int = ...,
         max_result_bytes: _builtins.int = ...,
+        max_error_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "max_result_bytes", b"max_result_bytes", "orchestrator_id", b"orchestrator_id", "protocol_version", b"protocol_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "max_error_bytes", b"max_error_bytes", "max_result_bytes", b"max_result_bytes", "orchestrator_id", b"orchestrator_id", "protocol_version", b"protocol_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

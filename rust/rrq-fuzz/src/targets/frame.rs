@@ -56,8 +56,11 @@ const DICTIONARY: &[&[u8]] = &[
     &[0x09],
 ];
 
-/// Largest traceback the orchestrator keeps (settle::MAX_TRACEBACK_BYTES).
-const MAX_TRACEBACK_BYTES: usize = 8 * 1024;
+/// Caps of the policies below: every kept error text is at most its cap plus
+/// the marker room (rrq::error_text).
+const MAX_MESSAGE_BYTES: usize = 256;
+const MAX_TRACEBACK_BYTES: usize = 1024;
+const MAX_TEXT_BYTES: usize = MAX_TRACEBACK_BYTES + rrq::error_text::MARKER_ROOM;
 
 fn policies() -> [Policy; 3] {
     let century = Duration::from_secs(100 * 365 * 86_400);
@@ -66,16 +69,22 @@ fn policies() -> [Policy; 3] {
             max_payload_bytes: 1_048_576,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
+            max_message_bytes: MAX_MESSAGE_BYTES,
+            max_traceback_bytes: MAX_TRACEBACK_BYTES,
         },
         Policy {
             max_payload_bytes: 0,
             backoff_initial: Duration::ZERO,
             backoff_max: Duration::ZERO,
+            max_message_bytes: MAX_MESSAGE_BYTES,
+            max_traceback_bytes: MAX_TRACEBACK_BYTES,
         },
         Policy {
             max_payload_bytes: usize::MAX,
             backoff_initial: century,
             backoff_max: century,
+            max_message_bytes: MAX_MESSAGE_BYTES,
+            max_traceback_bytes: MAX_TRACEBACK_BYTES,
         },
     ]
 }
@@ -108,24 +117,30 @@ fn run(data: &[u8]) -> Result<(), String> {
 }
 
 fn check_action(action: Option<SettleAction>) -> Result<(), String> {
-    match action {
+    let (message, traceback) = match &action {
         Some(SettleAction::Retry {
             delay_ms,
+            message,
             traceback,
             ..
         }) => {
-            if delay_ms < 0 {
-                return Err(format!("retry with a negative delay {delay_ms}"));
+            if !(0..=rrq::settle::MAX_RETRY_DELAY_MS).contains(delay_ms) {
+                return Err(format!("retry with an out-of-range delay {delay_ms}"));
             }
-            if traceback.len() > MAX_TRACEBACK_BYTES {
-                return Err(format!("traceback of {} bytes kept", traceback.len()));
-            }
+            (message, traceback)
         }
-        Some(SettleAction::Fail { traceback, .. }) if traceback.len() > MAX_TRACEBACK_BYTES => {
-            return Err(format!("traceback of {} bytes kept", traceback.len()));
-        }
+        Some(SettleAction::Fail {
+            message, traceback, ..
+        }) => (message, traceback),
         None => return Err("action_for gave no action for a running attempt".to_owned()),
-        _ => {}
+        _ => return Ok(()),
+    };
+    // A clamped delay appends a note of at most ~100 bytes to the message.
+    if message.len() > MAX_TEXT_BYTES + 128 {
+        return Err(format!("message of {} bytes kept", message.len()));
+    }
+    if traceback.len() > MAX_TEXT_BYTES {
+        return Err(format!("traceback of {} bytes kept", traceback.len()));
     }
     Ok(())
 }

@@ -229,6 +229,15 @@ pub struct HelloAck {
     /// Largest result_json the orchestrator stores; larger results fail the attempt.
     #[prost(int64, tag = "4")]
     pub max_result_bytes: i64,
+    /// Largest error text, in UTF-8 bytes, the orchestrator stores per field: the
+    /// larger of its `max_error_message_bytes` and `max_traceback_bytes`. A runner
+    /// cuts a failure's or retry's message (keeping the head) and a traceback
+    /// (keeping the tail) to this size before sending and marks the cut
+    /// ("\[truncated by rrq: N bytes, kept M\]"), so megabytes of error text never
+    /// cross the stream; the orchestrator cuts again to each field's own cap
+    /// whatever a runner sends. 0 (an older orchestrator) means no runner-side cap.
+    #[prost(int64, tag = "5")]
+    pub max_error_bytes: i64,
 }
 /// A batch of executions; the batch has no meaning beyond saving frames.
 #[derive(Clone, PartialEq, ::prost::Message)]
