@@ -44,7 +44,7 @@ typescript/node_modules: typescript/package-lock.json
 	touch typescript/node_modules
 
 # Outputs of tools/gen_limits.py outside the generated folders.
-GEN_LIMITS := rust/rrq-store/lua rust/rrq-store/src/limits.rs python/src/rrq/_limits.py
+GEN_LIMITS := rust/rrq-store/lua rust/rrq-proto/src/limits.rs python/src/rrq/_limits.py
 
 gen-check: gen ## Fail when generated code or Lua copies are stale
 	@git diff --exit-code -- python/src/rrq/v1 python/src/rrq/lua rust/rrq-proto/src/gen typescript/src/gen $(GEN_LIMITS) \

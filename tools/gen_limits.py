@@ -3,7 +3,8 @@
 Called by `make gen`, before the Lua scripts are copied. Outputs (committed,
 checked by `make gen-check`):
 
-- rust/rrq-store/src/limits.rs
+- rust/rrq-proto/src/limits.rs (the crate every Rust part shares; rrq-store
+  re-exports it)
 - python/src/rrq/_limits.py
 - typescript/src/gen/limits.ts
 - the block between `-- BEGIN generated limits` and `-- END generated limits`
@@ -50,7 +51,7 @@ def main() -> int:
         ts += ["/**", *(f" * {line}" for line in lines), " */"]
         ts += [f"export const {const} = {value:_};", ""]
         lua.append(f"local {const} = {value}\n")
-    (store / "src" / "limits.rs").write_text("\n".join(rust).rstrip() + "\n", encoding="utf-8")
+    (root / "rust" / "rrq-proto" / "src" / "limits.rs").write_text("\n".join(rust).rstrip() + "\n", encoding="utf-8")
     (root / "python" / "src" / "rrq" / "_limits.py").write_text(
         "\n".join(python).rstrip() + "\n", encoding="utf-8"
     )

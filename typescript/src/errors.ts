@@ -85,7 +85,7 @@ export class WaitTimeoutError extends RRQError {
  *
  * `deferSeconds` sets the delay before it; without it the orchestrator's
  * backoff applies. The retry still counts against `maxRetries`. A negative
- * delay means "now"; NaN, an infinity or more than 100 years (3,153,600,000 s)
+ * delay means "now"; NaN, an infinity or more than 3,650 days (315,360,000 s)
  * fails the attempt as `InvalidRetryDelay` instead.
  */
 export class RetryJob extends RRQError {

@@ -122,14 +122,14 @@ function stackOf(value: unknown): string {
 
 /** [delay in ms or null for the backoff, ""] or [null, why the delay is invalid].
  * A negative delay means "now"; NaN, an infinity, a non-number or more than
- * 100 years (the orchestrator's limit) is a handler bug reported as a failure. */
+ * 3,650 days (MAX_DURATION_MS, the orchestrator's limit) is a handler bug reported as a failure. */
 function retryDelayMs(defer: unknown): [number | null, string] {
   if (defer === undefined || defer === null) return [null, ""];
   const limitS = MAX_RETRY_DELAY_MS / 1000;
   if (typeof defer !== "number" || !Number.isFinite(defer) || defer > limitS) {
     return [
       null,
-      `RetryJob deferSeconds must be a finite number of seconds of at most ${limitS} (100 years), got ${describe(defer)}`,
+      `RetryJob deferSeconds must be a finite number of seconds of at most ${limitS} (3,650 days), got ${describe(defer)}`,
     ];
   }
   return [Math.max(0, roundHalfEven(defer * 1000)), ""];

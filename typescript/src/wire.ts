@@ -5,6 +5,7 @@
  * record (a Redis hash whose fields are `rrq.v1.Job`'s) becomes a `JobResult`
  * here, and the runner stream's messages become plain objects here.
  */
+import { MAX_DURATION_MS } from "./gen/limits.js";
 import { create } from "@bufbuild/protobuf";
 
 import { cutHead, cutTail, replaceUnencodable } from "./errorText.js";
@@ -269,8 +270,8 @@ export function decodeOrchestratorMessage(message: OrchestratorMessage): Orchest
   }
 }
 
-/** Longest retry delay the orchestrator accepts (100 years); docs/protocol.md. */
-export const MAX_RETRY_DELAY_MS = 100 * 365 * 86_400 * 1000;
+/** Longest retry delay the orchestrator accepts (MAX_DURATION_MS, 3,650 days); docs/protocol.md. */
+export const MAX_RETRY_DELAY_MS = MAX_DURATION_MS;
 const MAX_ERROR_TYPE_BYTES = 256;
 
 /** message, errorType and traceback made well-formed and cut to the cap; the

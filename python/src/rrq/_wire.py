@@ -19,6 +19,7 @@ import grpc.aio
 from google.protobuf.descriptor import FieldDescriptor
 
 from rrq import _error_text
+from rrq._limits import MAX_DURATION_MS
 from rrq.exceptions import InvalidParamsError
 from rrq.execution import ExecutionContext, ExecutionRequest
 from rrq.job import AttemptError, JobResult, JobStatus
@@ -328,8 +329,9 @@ _FAILURE_KIND: dict[str, runner_pb2.FailureKind.ValueType] = {
 }
 
 
-# Longest retry delay the orchestrator accepts (100 years); docs/protocol.md.
-MAX_RETRY_DELAY_MS = 100 * 365 * 86_400 * 1000
+# Longest retry delay the orchestrator accepts (MAX_DURATION_MS, 3,650 days);
+# docs/protocol.md.
+MAX_RETRY_DELAY_MS = MAX_DURATION_MS
 _MAX_ERROR_TYPE_BYTES = 256
 
 

@@ -79,8 +79,8 @@ class RetryJob(RRQError):  # noqa: N818 - the product's name for "retry me"
 
     ``defer_seconds`` sets the delay before it; when None the orchestrator's
     backoff applies. The retry still counts against ``max_retries``. A
-    negative delay means "now"; NaN, an infinity or more than 100 years
-    (3,153,600,000 s) fails the attempt as ``InvalidRetryDelay`` instead.
+    negative delay means "now"; NaN, an infinity or more than 3,650 days
+    (315,360,000 s) fails the attempt as ``InvalidRetryDelay`` instead.
     """
 
     def __init__(self, defer_seconds: float | None = None, message: str = "") -> None:

@@ -102,7 +102,7 @@ def _describe(exc: BaseException) -> str:
 def _retry_delay_ms(defer_seconds: float | None) -> tuple[int | None, str]:
     """(delay in ms or None for the backoff, "") or (None, why it is invalid).
 
-    A negative delay means "now"; NaN, an infinity or more than 100 years
+    A negative delay means "now"; NaN, an infinity or more than 3,650 days
     (the orchestrator's limit) is a handler bug reported as a failure.
     """
     if defer_seconds is None:
@@ -115,7 +115,7 @@ def _retry_delay_ms(defer_seconds: float | None) -> tuple[int | None, str]:
     if not math.isfinite(delay) or delay > limit_s:
         return None, (
             f"RetryJob defer_seconds must be a finite number of seconds of at most "
-            f"{limit_s} (100 years), got {defer_seconds!r}"
+            f"{limit_s} (3,650 days), got {defer_seconds!r}"
         )
     return max(0, round(delay * 1000)), ""
 

@@ -3,6 +3,10 @@
 //! The code under `src/gen/` is produced by `cargo run -p rrq-gen` from
 //! `proto/rrq/v1/*.proto` and committed; never edit it by hand.
 
+/// Numeric limits shared by every producer, runner, the orchestrator and the
+/// Lua scripts (generated from `rust/rrq-store/limits.toml` by `make gen`).
+pub mod limits;
+
 /// Package `rrq.v1`: the job record (`Job`, `JobStatus`) and the runner
 /// protocol (`RunnerService` and its stream envelopes).
 pub mod v1 {

@@ -96,7 +96,8 @@ pub enum HandlerError {
 
 impl HandlerError {
     /// [`HandlerError::Retry`] after `delay` (`None`: the orchestrator's backoff).
-    /// A delay over 100 years fails the attempt as `InvalidRetryDelay` instead.
+    /// A delay over 3,650 days (`MAX_DURATION_MS`) fails the attempt as
+    /// `InvalidRetryDelay` instead.
     pub fn retry(delay: Option<Duration>, message: impl Into<String>) -> Self {
         HandlerError::Retry {
             delay,

@@ -23,8 +23,10 @@ use tracing::{debug, info, warn};
 use crate::error_text::{MAX_ERROR_TYPE_BYTES, cut_head, cut_tail};
 use crate::handler::{ExecutionRequest, HandlerError, Registry};
 
-/// Longest retry delay the orchestrator accepts: 100 years (docs/protocol.md).
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(100 * 365 * 86_400);
+/// Longest retry delay the orchestrator accepts: MAX_DURATION_MS, 3,650 days
+/// (rust/rrq-store/limits.toml; docs/protocol.md).
+const MAX_RETRY_DELAY: Duration =
+    Duration::from_millis(rrq_proto::limits::MAX_DURATION_MS.unsigned_abs());
 
 /// Heartbeat interval used when the hello_ack does not give one.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
@@ -436,7 +438,7 @@ fn from_handler_error(err: HandlerError) -> outcome::Result {
             FailureKind::HandlerError,
             "InvalidRetryDelay",
             format!(
-                "HandlerError::retry delay must be at most {} s (100 years), got {} s (retry message: {message})",
+                "HandlerError::retry delay must be at most {} s (3,650 days), got {} s (retry message: {message})",
                 MAX_RETRY_DELAY.as_secs(),
                 delay.as_secs()
             ),

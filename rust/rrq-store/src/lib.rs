@@ -13,8 +13,9 @@ pub mod connect;
 pub mod dsn;
 pub mod error;
 pub mod keys;
-pub mod limits;
 pub mod scripts;
+
+pub use rrq_proto::limits;
 
 pub use connect::open_client;
 pub use dsn::redact_dsn;

@@ -28,11 +28,10 @@ pub mod error_type {
     pub const CANCELLED: &str = "Cancelled";
 }
 
-/// Longest retry delay a runner may ask for: 100 years, the longest duration
-/// any `rrq.toml` key accepts. A longer one (up to `i64::MAX` from a buggy or
-/// foreign runner) is clamped to it and the clamp is noted in the message; the
-/// settle of that job, and of the other jobs of its batch, goes through.
-pub const MAX_RETRY_DELAY_MS: i64 = 100 * 365 * 86_400 * 1000;
+/// Longest retry delay a runner may ask for: MAX_DURATION_MS (3,650 days,
+/// rust/rrq-store/limits.toml), the longest duration a producer may give.
+/// A longer one is clamped, per job, and the stored message says so.
+pub const MAX_RETRY_DELAY_MS: i64 = rrq_store::limits::MAX_DURATION_MS;
 
 /// Inputs of [`action_for`] that come from the configuration.
 #[derive(Debug, Clone, Copy)]
