@@ -93,7 +93,7 @@ FUZZ_SECONDS ?= 60
 fuzz: ## F30 wire-format fuzzing of the Rust decoders, FUZZ_SECONDS each (the Python runner's decoder is fuzzed in `make faults`)
 	$(RUST) $(CARGO) run -q --profile fuzz -p rrq-fuzz -- --target all --seconds $(FUZZ_SECONDS)
 
-faults: build ## Every fault-matrix row (RELIABILITY.md Tier 1) with its checker line; the quick rows also run in test-python
+faults: build ## Every fault-matrix row (docs/guarantees.md) with its checker line; the quick rows also run in test-python
 	cd python && RRQ_BIN=$(RRQ_BIN) $(BIN)/pytest -q -s -m faults tests/faults
 
 demo: setup ## Set everything up and run a real demo (private Redis, orchestrator, Python runner)

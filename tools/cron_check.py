@@ -3,7 +3,7 @@
 Run with `python tools/cron_check.py [--seconds 60]`. Prints ticks expected vs
 observed, executions per tick and start delays, and exits non-zero when any
 tick was missed, ran twice, or started before its time. A measurement for the
-record (RELIABILITY.md row F21), not part of the test suite.
+record (fault row F21 of docs/guarantees.md), not part of the test suite.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 //! Tells the fuzzer its optimization level: the per-input time limit of
-//! RELIABILITY.md F30 is meant for optimized code, and an unoptimized build
+//! Fault row F30 (docs/guarantees.md) is meant for optimized code, and an unoptimized build
 //! gets a longer default one (see `harness::default_timeout`).
 
 fn main() {

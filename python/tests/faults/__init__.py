@@ -1,1 +1,1 @@
-"""Fault-injection rows of RELIABILITY.md (Tier 1), run against real processes."""
+"""Fault-injection rows of docs/guarantees.md, run against real processes."""

@@ -26,7 +26,7 @@ FAULTS_DIR = Path(__file__).resolve().parent
 
 ORACLE_SETTINGS = "faults.oracle_handlers:settings"
 
-# RELIABILITY.md, "Timing knobs shrunk for tests".
+# The timings of docs/guarantees.md, "How it is proved": shrunk for tests.
 TIMINGS = {
     "lease_seconds": 3,
     "lease_renew_interval_seconds": 1,

@@ -7,7 +7,7 @@
 - :class:`TerminalMonitor` counts terminal transitions from the ``done``
   channel that every terminal transition publishes on.
 - :func:`check` reads all of it plus RRQ's own API once the system is quiet
-  and returns the checker's one-line JSON record (RELIABILITY.md, "Checker").
+  and returns the checker's one-line JSON record (docs/guarantees.md, "How it is proved").
 """
 
 from __future__ import annotations

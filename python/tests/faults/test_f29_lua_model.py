@@ -1,4 +1,4 @@
-"""F29: model-based property test of the Lua scripts (RELIABILITY.md, fault row F29).
+"""F29: model-based property test of the Lua scripts (fault row F29 of docs/guarantees.md).
 
 A Hypothesis ``RuleBasedStateMachine`` drives random sequences of enqueue
 (plain, deferred, unique, rate-limited, debounced, and invalid), claim, lease
@@ -1421,7 +1421,7 @@ def test_f29_model_quick(f29_env: Env, request: pytest.FixtureRequest) -> None:
 
 @pytest.mark.timeout(900)
 def test_f29_model_full(f29_env: Env) -> None:
-    """RELIABILITY.md F29: 1,000 examples (``RRQ_F29_EXAMPLES``) per run, about 60 s."""
+    """F29: 1,000 examples (``RRQ_F29_EXAMPLES``) per run, about 60 s."""
     record = run_model_test(f29_env, _env_int("RRQ_F29_EXAMPLES", 1000))
     assert record["invariant_violations"] == 0
 

@@ -11,7 +11,7 @@ the second are the documented ways a frame is refused (grpc ends the call and
 Each input is also read as a recipe for a well-formed message with edge-case
 field values (structure-aware), which is decoded the same way.
 
-Limits per input, as in RELIABILITY.md F30: no exception, 1 s, and at most
+Limits per input, as in fault row F30 (docs/guarantees.md): no exception, 1 s, and at most
 64 MiB of growth of the process's peak RSS.
 
 Engine: atheris (libFuzzer, coverage-guided) when it is installed, in a child

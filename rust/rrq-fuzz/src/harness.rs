@@ -21,7 +21,7 @@ use fastrand::Rng;
 use crate::mutate::Mutator;
 use crate::{Target, alloc, fnv1a};
 
-/// Per-input wall-time limit of RELIABILITY.md F30, for optimized code.
+/// Per-input wall-time limit of fault row F30 (docs/guarantees.md), for optimized code.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Unoptimized code runs the same input about 10 times slower.
 const UNOPTIMIZED_TIMEOUT: Duration = Duration::from_secs(5);

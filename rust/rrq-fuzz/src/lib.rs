@@ -1,4 +1,4 @@
-//! Wire-format fuzzing on stable Rust: fault row F30 of RELIABILITY.md.
+//! Wire-format fuzzing on stable Rust: fault row F30 of docs/guarantees.md.
 //!
 //! cargo-fuzz needs a nightly compiler, so this crate carries its own small
 //! fuzzer: seeded corpus plus libFuzzer-style mutations ([`mutate`]) and
