@@ -51,7 +51,11 @@ pub struct Policy {
 impl Policy {
     /// Backoff delay after `attempt` failed.
     pub fn backoff_ms(&self, attempt: i64) -> i64 {
+        // retry_backoff_max_seconds may be set past MAX_DURATION_MS (config
+        // durations go to 100 years); a delay never does (settle.lua would
+        // clamp it anyway, and the record must say what will happen).
         crate::backoff::retry_delay_ms(attempt, self.backoff_initial, self.backoff_max)
+            .min(MAX_RETRY_DELAY_MS)
     }
 }
 

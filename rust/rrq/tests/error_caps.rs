@@ -18,7 +18,7 @@ use rrq_store::JobStatus;
 const MESSAGE_CAP: usize = 1024;
 const TRACEBACK_CAP: usize = 2048;
 const MARKER_ROOM: usize = 96;
-const HUNDRED_YEARS_MS: i64 = 100 * 365 * 86_400 * 1000;
+const MAX_DELAY_MS: i64 = rrq::settle::MAX_RETRY_DELAY_MS;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runners_error_text_and_delay_are_bounded_per_job() {
@@ -114,14 +114,14 @@ async fn a_runners_error_text_and_delay_are_bounded_per_job() {
     assert!(kept_tb.len() <= TRACEBACK_CAP + MARKER_ROOM);
     let record_bytes: i64 = redis::cmd("MEMORY")
         .arg("USAGE")
-        .arg(rrq_store::QueueKeys::new(queue).job("huge"))
+        .arg(rrq_store::Namespace::default().queue(queue).job("huge"))
         .query_async(&mut store.connection())
         .await
         .unwrap();
     eprintln!("record of the job with 5 MB of error text: {record_bytes} bytes");
     assert!(record_bytes < 16 * 1024, "{record_bytes}");
 
-    // Settled before "huge" (same pipeline, earlier): RETRYING, 100 years out.
+    // Settled before "huge" (same pipeline, earlier): RETRYING, MAX_DURATION_MS (3,650 days) out.
     assert_eq!(
         job_field(&store, queue, "late", "status").await,
         (JobStatus::Retrying as i32).to_string()
@@ -138,7 +138,7 @@ async fn a_runners_error_text_and_delay_are_bounded_per_job() {
         .unwrap();
     let delay = run_at - enqueued;
     assert!(
-        (HUNDRED_YEARS_MS - 60_000..=HUNDRED_YEARS_MS + 60_000).contains(&delay),
+        (MAX_DELAY_MS - 60_000..=MAX_DELAY_MS + 60_000).contains(&delay),
         "{delay}"
     );
 
