@@ -30,7 +30,7 @@ setup: $(PY) typescript/node_modules ## Create .venv, install the rrq package (o
 	@$(BIN)/rrq --version
 
 gen: $(PY) typescript/node_modules ## Regenerate code from proto/, write the shared limits and copy the Lua scripts to every producer
-	$(PY) tools/gen_limits.py
+	$(PY) tools/gen_shared.py
 	PATH="$(BIN):$$PATH" tools/gen_python.sh
 	$(RUST) $(CARGO) run -q -p rrq-gen
 	rm -rf typescript/src/gen/rrq
@@ -43,7 +43,7 @@ typescript/node_modules: typescript/package-lock.json
 	npm --prefix typescript ci --no-audit --no-fund --loglevel=error
 	touch typescript/node_modules
 
-# Outputs of tools/gen_limits.py outside the generated folders.
+# Outputs of tools/gen_shared.py outside the generated folders.
 GEN_LIMITS := rust/rrq-store/lua rust/rrq-proto/src/limits.rs python/src/rrq/_limits.py
 
 gen-check: gen ## Fail when generated code or Lua copies are stale

@@ -26,6 +26,7 @@ local MAX_RETRIES = 10000
 local MAX_DURATION_MS = 315360000000
 -- END generated limits
 
+-- BEGIN generated helpers: ttl_or (rust/rrq-store/lua/lib; make gen)
 -- The record's own TTL when Redis can apply it, else the default (text, as
 -- PEXPIRE takes it). A record planted by hand or written before ranges were
 -- checked must not fail the script half-way: PEXPIRE refuses a time past
@@ -35,6 +36,7 @@ local function ttl_or(value, default)
   if n and n >= 1 and n <= MAX_DURATION_MS and n % 1 == 0 then return string.format('%d', n) end
   return default
 end
+-- END generated helpers
 
 local f = redis.call('HMGET', job_key, 'status', 'result_ttl_ms')
 local status = tonumber(f[1])

@@ -75,12 +75,14 @@ local MAX_RETRIES = 10000
 local MAX_DURATION_MS = 315360000000
 -- END generated limits
 
+-- BEGIN generated helpers: num_text (rust/rrq-store/lua/lib; make gen)
 -- A number as redis.call would write it ('%.17g'), by the integer path where
 -- that is the same text: glibc's '%.17g' costs about ten times its '%d'.
 local function num_text(n)
   if n % 1 == 0 and n > -2^53 and n < 2^53 then return string.format('%d', n) end
   return string.format('%.17g', n)
 end
+-- END generated helpers
 
 -- The value as a non-negative integer, else nil. n % 1 is NaN for NaN and
 -- the infinities (tonumber reads 'nan' and 'inf'), so one test refuses

@@ -83,12 +83,14 @@ for i = FIRST, #ARGV, FIELDS do
   end
 end
 
+-- BEGIN generated helpers: num_text (rust/rrq-store/lua/lib; make gen)
 -- A number as redis.call would write it ('%.17g'), by the integer path where
 -- that is the same text: glibc's '%.17g' costs about ten times its '%d'.
 local function num_text(n)
   if n % 1 == 0 and n > -2^53 and n < 2^53 then return string.format('%d', n) end
   return string.format('%.17g', n)
 end
+-- END generated helpers
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -100,6 +102,7 @@ for status = STATUS_PENDING, STATUS_CANCELLED do STATUS_TEXT[status] = tostring(
 local ACTIVE_TEXT = STATUS_TEXT[STATUS_ACTIVE]
 local settled = {}
 
+-- BEGIN generated helpers: ttl_or history_with (rust/rrq-store/lua/lib; make gen)
 -- The record's own TTL when Redis can apply it, else the default (text, as
 -- PEXPIRE takes it). A record planted by hand or written before ranges were
 -- checked must not fail the script half-way: PEXPIRE refuses a time past
@@ -125,6 +128,7 @@ local function history_with(raw, entry)
   if ok then return text end
   return cjson.encode({entry})
 end
+-- END generated helpers
 
 -- Appends one failed attempt to the job's errors_json and sets
 -- last_error/last_error_type.

@@ -1459,6 +1459,9 @@ mod tests {
         let mut found = 0;
         for entry in std::fs::read_dir(root.join("lua")).unwrap() {
             let path = entry.unwrap().path();
+            if path.is_dir() {
+                continue; // lua/lib: helpers, written into the scripts by make gen
+            }
             let text = std::fs::read_to_string(&path).unwrap();
             for code in error_codes(&text) {
                 found += 1;

@@ -33,12 +33,14 @@ local max_jobs = tonumber(ARGV[1])
 local owner = ARGV[2]
 local lease_ms = tonumber(ARGV[3])
 
+-- BEGIN generated helpers: num_text (rust/rrq-store/lua/lib; make gen)
 -- A number as redis.call would write it ('%.17g'), by the integer path where
 -- that is the same text: glibc's '%.17g' costs about ten times its '%d'.
 local function num_text(n)
   if n % 1 == 0 and n > -2^53 and n < 2^53 then return string.format('%d', n) end
   return string.format('%.17g', n)
 end
+-- END generated helpers
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -32,6 +32,7 @@ local MAX_RETRIES = 10000
 local MAX_DURATION_MS = 315360000000
 -- END generated limits
 
+-- BEGIN generated helpers: ttl_or history_with (rust/rrq-store/lua/lib; make gen)
 -- The record's own TTL when Redis can apply it, else the default (text, as
 -- PEXPIRE takes it). A record planted by hand or written before ranges were
 -- checked must not fail the script half-way: PEXPIRE refuses a time past
@@ -57,6 +58,7 @@ local function history_with(raw, entry)
   if ok then return text end
   return cjson.encode({entry})
 end
+-- END generated helpers
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
