@@ -843,6 +843,21 @@ max_in_flight = 10      # Concurrent jobs per runner
     }
 
     #[test]
+    fn key_prefix_is_checked() {
+        assert_eq!(parse("").unwrap().key_prefix, "rrq");
+        assert_eq!(
+            parse("[rrq]\nkey_prefix = \"app.b:1\"\n")
+                .unwrap()
+                .key_prefix,
+            "app.b:1"
+        );
+        for bad in ["\"\"", "\"a{b}\"", "\"a*\"", "\"with space\"", "1"] {
+            let (key, message) = err_key(&format!("[rrq]\nkey_prefix = {bad}\n"));
+            assert_eq!(key, "rrq.key_prefix", "{bad}: {message}");
+        }
+    }
+
+    #[test]
     fn numbers_accept_floats_and_ints() {
         let c = parse("[rrq]\nlease_seconds = 2.5\nlease_renew_interval_seconds = 1\n").unwrap();
         assert_eq!(c.lease(), Duration::from_millis(2500));
