@@ -29,6 +29,7 @@ import {
 export const ADDR_ENV = "RRQ_ORCHESTRATOR_ADDR";
 export const NAME_ENV = "RRQ_RUNNER_NAME";
 export const TOKEN_ENV = "RRQ_RUNNER_TOKEN";
+export const SPAWNED_ENV = "RRQ_RUNNER_SPAWNED";
 export const MAX_IN_FLIGHT_ENV = "RRQ_RUNNER_MAX_IN_FLIGHT";
 
 const DEFAULT_HEARTBEAT_MS = 5_000;
@@ -383,7 +384,10 @@ export class Runner {
   readonly registry: Registry;
   readonly addr: string;
   readonly runnerName: string;
+  /** The secret the hello presents: a spawned runner's spawn token, or an external runner's configured token. */
   readonly token: string;
+  /** Set by the orchestrator for processes it starts: exit when the stream ends (an external runner reconnects). */
+  readonly spawned: boolean;
   readonly maxInFlight: number;
   readonly shutdownGraceMs: number;
   #stopping = false;
@@ -404,6 +408,7 @@ export class Runner {
     this.addr = addr;
     this.runnerName = env[NAME_ENV] || "typescript";
     this.token = env[TOKEN_ENV] ?? "";
+    this.spawned = env[SPAWNED_ENV] === "1";
     if (settings.maxInFlight !== undefined) {
       if (!Number.isSafeInteger(settings.maxInFlight) || settings.maxInFlight < 1) {
         throw new RunnerConfigError(`maxInFlight must be an integer >= 1, got ${settings.maxInFlight}`);
@@ -535,12 +540,12 @@ export class Runner {
    */
   async run(): Promise<number> {
     const onTerm = (): void => this.stop();
-    const signals: NodeJS.Signals[] = this.token ? ["SIGTERM"] : ["SIGTERM", "SIGINT"];
+    const signals: NodeJS.Signals[] = this.spawned ? ["SIGTERM"] : ["SIGTERM", "SIGINT"];
     // A spawned runner shares the terminal's process group with its
     // orchestrator: on Ctrl-C the orchestrator drains and then stops its
     // runners, so the runner must not abandon its jobs on SIGINT itself.
     const ignoreInt = (): void => undefined;
-    if (this.token) process.on("SIGINT", ignoreInt);
+    if (this.spawned) process.on("SIGINT", ignoreInt);
     for (const signal of signals) process.on(signal, onTerm);
     let delay = BACKOFF_INITIAL_MS;
     let failures = 0;
@@ -550,11 +555,11 @@ export class Runner {
         if (result === "ended") {
           failures = 0;
           delay = BACKOFF_INITIAL_MS;
-          if (this.token) return 0; // spawned: the orchestrator's replacement spawns its own
+          if (this.spawned) return 0; // spawned: the orchestrator's replacement spawns its own
           if (this.#stopping) return 0;
         } else {
           failures += 1;
-          if (this.token && (result === "rejected" || failures >= SPAWNED_CONNECT_ATTEMPTS)) return 1;
+          if (this.spawned && (result === "rejected" || failures >= SPAWNED_CONNECT_ATTEMPTS)) return 1;
         }
         // Back off before reconnecting (jittered), or stop at once when asked.
         const wait = delay * (0.5 + Math.random() / 2);
@@ -571,7 +576,7 @@ export class Runner {
       return 0;
     } finally {
       for (const signal of signals) process.off(signal, onTerm);
-      if (this.token) process.off("SIGINT", ignoreInt);
+      if (this.spawned) process.off("SIGINT", ignoreInt);
     }
   }
 }

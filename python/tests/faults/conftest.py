@@ -16,7 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SRC_DIR, TESTS_DIR, find_orchestrator_binary, python_env
+from conftest import (
+    EXTERNAL_TOKEN_ENV,
+    SRC_DIR,
+    TESTS_DIR,
+    find_orchestrator_binary,
+    python_env,
+)
 from rrq.client import RRQClient
 from rrq.testing import Orchestrator, RedisServer, free_port
 
@@ -90,7 +96,7 @@ default_runner_name = "python"
 type = "socket"
 tcp_socket = "{tcp_socket}"
 max_in_flight = {max_in_flight}
-""" + (spawned if spawn else "")
+""" + (spawned if spawn else f'token_env = "{EXTERNAL_TOKEN_ENV}"\n')
 
 
 class Harness:

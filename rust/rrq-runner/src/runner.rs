@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 use crate::error::{Error, Result};
 use crate::handler::Registry;
 use crate::session::{Ended, Session};
-use crate::{ADDR_ENV, MAX_IN_FLIGHT_ENV, NAME_ENV, PROTOCOL_VERSION, TOKEN_ENV};
+use crate::{ADDR_ENV, MAX_IN_FLIGHT_ENV, NAME_ENV, PROTOCOL_VERSION, SPAWNED_ENV, TOKEN_ENV};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
@@ -29,10 +29,10 @@ const DEFAULT_NAME: &str = "rust";
 ///
 /// Settings not given to the builder come from the environment the
 /// orchestrator sets for the processes it spawns (`RRQ_RUNNER_NAME`,
-/// `RRQ_RUNNER_TOKEN`, `RRQ_RUNNER_MAX_IN_FLIGHT`), else the defaults (name
-/// `"rust"`, no token, max_in_flight 1).
+/// `RRQ_RUNNER_TOKEN`, `RRQ_RUNNER_SPAWNED`, `RRQ_RUNNER_MAX_IN_FLIGHT`), else
+/// the defaults (name `"rust"`, no token, external, max_in_flight 1).
 ///
-/// A spawned runner (one with a process token) exits when its stream ends.
+/// A spawned runner (`RRQ_RUNNER_SPAWNED=1`) exits when its stream ends.
 /// An external runner reconnects with backoff until it is stopped. SIGTERM
 /// (and SIGINT, for external runners) stops the runner: no new executions,
 /// running ones get the shutdown grace (default 10 s), then the stream closes.
@@ -80,7 +80,8 @@ impl Runner {
         self
     }
 
-    /// Process token (overrides `RRQ_RUNNER_TOKEN`); set only for spawned runners.
+    /// Token the hello presents (overrides `RRQ_RUNNER_TOKEN`): an external
+    /// runner's configured token (`rrq.runners.<name>.token_env`).
     pub fn process_token(mut self, token: impl Into<String>) -> Self {
         self.process_token = Some(token.into());
         self
@@ -133,7 +134,7 @@ impl Runner {
             .tcp_nodelay(true);
         let signals = self
             .handle_signals
-            .then(|| spawn_signal_listener(self.stop.clone(), !settings.token.is_empty()));
+            .then(|| spawn_signal_listener(self.stop.clone(), settings.spawned));
         let result = self.serve(&addr, &endpoint, &settings).await;
         if let Some(task) = signals {
             task.abort();
@@ -173,12 +174,13 @@ impl Runner {
         Ok(Settings {
             name,
             token,
+            spawned: std::env::var(SPAWNED_ENV).is_ok_and(|v| v == "1"),
             max_in_flight,
         })
     }
 
     async fn serve(&self, addr: &str, endpoint: &Endpoint, settings: &Settings) -> Result<()> {
-        let spawned = !settings.token.is_empty();
+        let spawned = settings.spawned;
         let mut delay = BACKOFF_INITIAL;
         let mut failures = 0;
         while !self.stop.is_cancelled() {
@@ -288,6 +290,8 @@ impl Runner {
 struct Settings {
     name: String,
     token: String,
+    /// Started by the orchestrator: exit when the stream ends.
+    spawned: bool,
     max_in_flight: u32,
 }
 

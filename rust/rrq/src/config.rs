@@ -169,6 +169,10 @@ pub struct RunnerConfig {
     pub cwd: Option<PathBuf>,
     /// Extra environment of the runner processes.
     pub env: BTreeMap<String, String>,
+    /// Name of the orchestrator's environment variable holding the token
+    /// that external processes of this runner present; `None` = no external
+    /// runner may connect (spawned ones prove themselves with their spawn token).
+    pub token_env: Option<String>,
 }
 
 impl Default for RunnerConfig {
@@ -181,6 +185,7 @@ impl Default for RunnerConfig {
             max_in_flight: 1,
             cwd: None,
             env: BTreeMap::new(),
+            token_env: None,
         }
     }
 }
@@ -393,6 +398,16 @@ impl Config {
                     format!("{addr} is already used by runner {other:?}"),
                 ));
             }
+            if let Some(var) = &runner.token_env
+                && !is_env_var_name(var)
+            {
+                return Err((
+                    rkey("token_env"),
+                    format!(
+                        "must name an environment variable (letters, digits, '_', not starting with a digit), got {var:?}"
+                    ),
+                ));
+            }
             if runner.pool_size == 0 {
                 return Err((rkey("pool_size"), "must be at least 1".to_owned()));
             }
@@ -551,6 +566,15 @@ fn parse_loopback(text: &str) -> Result<SocketAddr, String> {
         ));
     }
     Ok(addr)
+}
+
+/// A portable environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_env_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Accepts 5-field cron expressions and 6-field ones with leading seconds.
@@ -775,6 +799,28 @@ max_in_flight = 10      # Concurrent jobs per runner
     fn renew_interval_must_be_below_lease() {
         let (key, _) = err_key("[rrq]\nlease_seconds = 10\nlease_renew_interval_seconds = 10\n");
         assert_eq!(key, "rrq.lease_renew_interval_seconds");
+    }
+
+    #[test]
+    fn token_env_names_an_environment_variable() {
+        let c = parse("[rrq.runners.py]\ntoken_env = \"MY_RUNNER_TOKEN\"\n").unwrap();
+        assert_eq!(
+            c.runners["py"].token_env.as_deref(),
+            Some("MY_RUNNER_TOKEN")
+        );
+        assert_eq!(
+            parse("[rrq.runners.py]\n").unwrap().runners["py"].token_env,
+            None
+        );
+        for bad in ["", "1ABC", "MY-TOKEN", "A B", "X=Y"] {
+            let (key, message) = err_key(&format!("[rrq.runners.py]\ntoken_env = {bad:?}\n"));
+            assert_eq!(key, "rrq.runners.py.token_env", "{bad:?}");
+            assert!(message.contains("environment variable"), "{message}");
+        }
+        assert_eq!(
+            err_key("[rrq.runners.py]\ntoken_env = 5\n").0,
+            "rrq.runners.py.token_env"
+        );
     }
 
     #[test]

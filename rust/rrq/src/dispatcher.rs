@@ -82,8 +82,8 @@ pub struct NewSession {
     pub max_in_flight: usize,
     /// Process id.
     pub pid: u32,
-    /// Process token.
-    pub process_token: String,
+    /// How the stream authenticated (held for the session's life).
+    pub admission: crate::auth::Admission,
     /// Outbound stream sender.
     pub tx: Outbound,
     /// Close signal of the session's reader.
@@ -204,7 +204,7 @@ impl Dispatcher {
                     handlers: new.handlers,
                     max_in_flight: new.max_in_flight,
                     pid: new.pid,
-                    process_token: new.process_token,
+                    admission: new.admission,
                     tx: new.tx,
                     close: new.close,
                     executions: HashMap::new(),
@@ -644,7 +644,9 @@ impl Dispatcher {
             self.settler.submit([s]);
             self.changed.notify_waiters();
         }
-        if !session.process_token.is_empty() && self.supervisor.kill(&session.process_token) {
+        if let Some(token) = session.admission.spawn_token()
+            && self.supervisor.kill(token)
+        {
             warn!(%job_id, attempt, runner = %session.runner, pid = session.pid,
                 "runner did not stop the job within cancel_grace_seconds; killed its process");
         } else {

@@ -15,6 +15,7 @@
 //! - [`lease`]: lease renewal; [`recovery`]: expired-lease sweep;
 //! - [`supervisor`]: runner processes; [`error`]: [`Error`].
 
+pub mod auth;
 pub mod backoff;
 pub mod cli;
 pub mod clock;

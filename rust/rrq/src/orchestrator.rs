@@ -6,6 +6,7 @@ use rrq_store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::auth::RunnerAuth;
 use crate::clock::RedisClock;
 use crate::config::Config;
 use crate::dispatcher::Dispatcher;
@@ -60,6 +61,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
             key: "rrq.cron_jobs".to_owned(),
             message,
         })
+    })?);
+    // External runners' tokens: a missing one is a configuration error,
+    // reported before anything connects.
+    let auth = Arc::new(RunnerAuth::from_config(&cfg, |var| {
+        std::env::var(var).ok()
     })?);
     let dsn = redact(&cfg.redis_dsn);
     let redis_err = |source| Error::Redis {
@@ -122,7 +128,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
 
     let wake = Arc::new(Wake::default());
     let settler = Settler::start(store.clone());
-    let supervisor = Supervisor::default();
+    let supervisor = Supervisor::new(auth.clone());
     let dispatcher = Dispatcher::new(
         cfg.clone(),
         instance_id.clone(),
@@ -147,10 +153,16 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
         listeners.push(l.serve(
             cfg.clone(),
             dispatcher.clone(),
+            auth.clone(),
             instance_id.clone(),
             stop_listeners.clone(),
         ));
     }
+    let secret_env: Vec<String> = cfg
+        .runners
+        .values()
+        .filter_map(|r| r.token_env.clone())
+        .collect();
     for (name, addr) in &addrs {
         let runner = &cfg.runners[name];
         if runner.cmd.is_some() {
@@ -158,7 +170,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
                 runner: name.clone(),
                 config: runner.clone(),
                 addr: addr.to_string(),
-                instance_id: instance_id.clone(),
+                secret_env: secret_env.clone(),
             });
         }
     }

@@ -1,7 +1,9 @@
 //! The gRPC side: `RunnerService.Connect`, one listener per configured runner.
 //!
 //! Each stream goes hello → hello_ack → (execute/cancel ⇄ outcomes/heartbeat).
-//! A protocol violation ends only that stream, with a typed status.
+//! A protocol violation ends only that stream, with a typed status. A hello
+//! without a token valid for its runner ([`crate::auth`]) ends with
+//! UNAUTHENTICATED before any hello_ack: that stream never sees a job.
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
@@ -20,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use crate::auth::{Admission, RunnerAuth};
 use crate::config::Config;
 use crate::dispatcher::{Dispatcher, NewSession};
 use crate::session::SessionId;
@@ -36,6 +39,7 @@ const MIN_DECODING_LIMIT: usize = 64 * 1024 * 1024;
 pub struct Endpoint {
     cfg: Arc<Config>,
     dispatcher: Arc<Dispatcher>,
+    auth: Arc<RunnerAuth>,
     instance_id: String,
     /// Runner this listener was opened for (for logs).
     listener_runner: String,
@@ -64,7 +68,7 @@ impl RunnerService for Endpoint {
             Some(runner_message::Kind::Hello(h)) => h,
             _ => return Err(Status::invalid_argument("the first message must be hello")),
         };
-        self.check_hello(&hello)?;
+        let admission = self.check_hello(&hello)?;
 
         let (tx, rx) = mpsc::unbounded_channel();
         // The ack goes first on the channel, so it precedes every execute.
@@ -91,7 +95,7 @@ impl RunnerService for Endpoint {
             handlers,
             max_in_flight: hello.max_in_flight as usize,
             pid: hello.pid,
-            process_token: hello.process_token.clone(),
+            admission,
             tx: tx.clone(),
             close: close.clone(),
         });
@@ -114,18 +118,22 @@ impl Endpoint {
     pub fn new(
         cfg: Arc<Config>,
         dispatcher: Arc<Dispatcher>,
+        auth: Arc<RunnerAuth>,
         instance_id: String,
         listener_runner: String,
     ) -> Self {
         Self {
             cfg,
             dispatcher,
+            auth,
             instance_id,
             listener_runner,
         }
     }
 
-    fn check_hello(&self, hello: &RunnerHello) -> Result<(), Status> {
+    /// Checks the hello's fields, then its token: the admission to keep
+    /// with the session, or the status that ends the stream.
+    fn check_hello(&self, hello: &RunnerHello) -> Result<Admission, Status> {
         if hello.protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
                 "protocol_version {} is not supported; this orchestrator speaks {PROTOCOL_VERSION}",
@@ -150,7 +158,17 @@ impl Endpoint {
                 names.join(", ")
             )));
         }
-        Ok(())
+        self.auth
+            .admit(&hello.runner_name, &hello.process_token)
+            .map_err(|e| {
+                // `{:?}` escapes whatever the caller put in the name; the
+                // error names the runner, never the token.
+                warn!(
+                    "runner refused: {e} (name={:?} pid={} listener={})",
+                    hello.runner_name, hello.pid, self.listener_runner
+                );
+                Status::unauthenticated(e.to_string())
+            })
     }
 }
 
@@ -258,6 +276,7 @@ impl Listener {
         self,
         cfg: Arc<Config>,
         dispatcher: Arc<Dispatcher>,
+        auth: Arc<RunnerAuth>,
         instance_id: String,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
@@ -269,6 +288,7 @@ impl Listener {
         let endpoint = Endpoint {
             cfg,
             dispatcher,
+            auth,
             instance_id,
             listener_runner: self.runner.clone(),
         };

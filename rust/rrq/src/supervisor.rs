@@ -1,6 +1,7 @@
 //! Runner processes: spawns `pool_size` copies of each runner's `cmd`,
 //! forwards their output, restarts them with backoff, and kills one by its
-//! process token when a job it runs ignores a cancel.
+//! process token when a job it runs ignores a cancel. Each process gets a
+//! fresh spawn token from [`RunnerAuth`], revoked when it exits.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -14,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::auth::RunnerAuth;
 use crate::config::RunnerConfig;
 
 /// First restart delay; doubles per quick death.
@@ -25,8 +27,10 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// After SIGTERM on shutdown, how long a runner may take to exit before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
+    /// Issues and revokes spawn tokens.
+    auth: Arc<RunnerAuth>,
     /// Kill switch of each live process, by process token.
     kills: Mutex<HashMap<String, mpsc::UnboundedSender<()>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -34,7 +38,7 @@ struct Inner {
 }
 
 /// See the module documentation. Cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Supervisor {
     inner: Arc<Inner>,
 }
@@ -48,11 +52,24 @@ pub struct Spawn {
     pub config: RunnerConfig,
     /// `host:port` to dial.
     pub addr: String,
-    /// Orchestrator instance id (makes tokens unique across restarts of the orchestrator).
-    pub instance_id: String,
+    /// Variables of the orchestrator's environment that hold secrets (every
+    /// runner's `token_env`): removed from the runner's environment.
+    pub secret_env: Vec<String>,
 }
 
 impl Supervisor {
+    /// A supervisor whose processes authenticate through `auth`.
+    pub fn new(auth: Arc<RunnerAuth>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                auth,
+                kills: Mutex::default(),
+                tasks: Mutex::default(),
+                stop: CancellationToken::new(),
+            }),
+        }
+    }
+
     /// Starts the pool of one runner.
     pub fn start(&self, spawn: Spawn) {
         let Some(cmd) = spawn.config.cmd.clone() else {
@@ -89,17 +106,16 @@ impl Supervisor {
     async fn keep_running(self, spawn: Spawn, cmd: Vec<String>, index: u32) {
         let label = format!("{}-{index}", spawn.runner);
         let mut delay = RESTART_MIN;
-        let mut generation = 0u64;
         while !self.inner.stop.is_cancelled() {
-            generation += 1;
-            let token = format!(
-                "{}-{label}-{generation}-{:08x}",
-                spawn.instance_id,
-                fastrand::u32(..)
-            );
             let started = Instant::now();
-            match start_process(&spawn, &cmd, &token, &label) {
-                Ok(child) => {
+            let auth = &self.inner.auth;
+            let started_process = auth.issue(&spawn.runner).and_then(|token| {
+                start_process(&spawn, &cmd, &token, &label)
+                    .map(|child| (child, token.clone()))
+                    .inspect_err(|_| auth.revoke(&spawn.runner, &token))
+            });
+            match started_process {
+                Ok((child, token)) => {
                     let (tx, rx) = mpsc::unbounded_channel();
                     self.inner
                         .kills
@@ -112,6 +128,8 @@ impl Supervisor {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&token);
+                    // An exited process's token admits nothing more.
+                    auth.revoke(&spawn.runner, &token);
                 }
                 Err(e) => {
                     error!(runner = %spawn.runner, "cannot start runner process {:?}: {e}", cmd)
@@ -171,12 +189,18 @@ fn start_process(
         .split_first()
         .ok_or_else(|| std::io::Error::other("empty command"))?;
     let mut command = Command::new(program);
+    for var in &spawn.secret_env {
+        command.env_remove(var);
+    }
     command
         .args(args)
         .envs(&spawn.config.env)
         .env("RRQ_ORCHESTRATOR_ADDR", &spawn.addr)
         .env("RRQ_RUNNER_NAME", &spawn.runner)
         .env("RRQ_RUNNER_TOKEN", token)
+        // Tells the runtime it was spawned: it exits when its stream ends
+        // (an external runner, which also has a token, reconnects instead).
+        .env("RRQ_RUNNER_SPAWNED", "1")
         .env(
             "RRQ_RUNNER_MAX_IN_FLIGHT",
             spawn.config.max_in_flight.to_string(),
