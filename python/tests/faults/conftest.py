@@ -74,7 +74,10 @@ def config_text(
     spawn: bool = True,
     **overrides: object,
 ) -> str:
-    """``spawn=False`` declares external runners only (they dial ``tcp_socket``)."""
+    """``spawn=False`` declares external runners only (they dial ``tcp_socket``).
+
+    Either way external runners (and the rows' hand-driven streams) may
+    connect with the tests' external token (``token_env``)."""
     settings = {**TIMINGS, **overrides}
     lines = [f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items()]
     cmd = [sys.executable, "-m", "rrq.runner_cli", "--settings", ORACLE_SETTINGS]
@@ -96,7 +99,8 @@ default_runner_name = "python"
 type = "socket"
 tcp_socket = "{tcp_socket}"
 max_in_flight = {max_in_flight}
-""" + (spawned if spawn else f'token_env = "{EXTERNAL_TOKEN_ENV}"\n')
+token_env = "{EXTERNAL_TOKEN_ENV}"
+""" + (spawned if spawn else "")
 
 
 class Harness:
