@@ -9,6 +9,7 @@
  */
 import { ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import * as net from "node:net";
 
 import { RRQError } from "./errors.js";
 import { encodeJson, JsonEncodeError, utf8Length } from "./json.js";
@@ -446,13 +447,20 @@ export class Runner {
   }
 
   async #session(): Promise<SessionResult> {
-    const baseUrl = `http://${this.addr}`;
+    // `unix:/path`: the private unix socket the orchestrator gives the
+    // runners it spawns; the URL is then only the requests' authority.
+    const socketPath = this.addr.startsWith("unix:") ? this.addr.slice("unix:".length) : undefined;
+    const baseUrl = socketPath === undefined ? `http://${this.addr}` : "http://localhost";
     // One HTTP/2 connection per session, with keepalive pings, closed with it.
-    const sessionManager = new Http2SessionManager(baseUrl, {
-      pingIntervalMs: 10_000,
-      pingTimeoutMs: 10_000,
-      pingIdleConnection: true,
-    });
+    const sessionManager = new Http2SessionManager(
+      baseUrl,
+      {
+        pingIntervalMs: 10_000,
+        pingTimeoutMs: 10_000,
+        pingIdleConnection: true,
+      },
+      socketPath === undefined ? undefined : { createConnection: () => net.connect({ path: socketPath }) },
+    );
     const transport = createGrpcTransport({ baseUrl, sessionManager });
     const client = createClient(RunnerService, transport);
     const outbox = new Outbox();

@@ -395,7 +395,11 @@ class Runner:
         self.stopping.set()
 
     async def _session(self) -> Literal["ended", "rejected", "unreachable"]:
-        channel = grpc.aio.insecure_channel(self.addr)
+        # Over the orchestrator's unix socket (``unix:/path``) grpc would send
+        # the path as the HTTP/2 authority, which the server refuses: name a
+        # plain host instead.
+        options = [("grpc.default_authority", "localhost")] if self.addr.startswith("unix:") else []
+        channel = grpc.aio.insecure_channel(self.addr, options=options)
         try:
             try:
                 await asyncio.wait_for(channel.channel_ready(), timeout=_CONNECT_TIMEOUT)

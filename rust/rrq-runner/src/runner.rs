@@ -8,7 +8,7 @@ use rrq_proto::v1::{RunnerHello, RunnerMessage, orchestrator_message, runner_mes
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 use tracing::{error, info, warn};
 
 use crate::error::{Error, Result};
@@ -115,12 +115,17 @@ impl Runner {
         self.run(addr).await
     }
 
-    /// Serves the orchestrator at `addr` (`host:port` or `http://host:port`)
-    /// until stopped or, for a spawned runner, until its stream ends.
+    /// Serves the orchestrator at `addr` (`host:port`, `http://host:port`,
+    /// or `unix:/path` for the unix socket of a spawned runner) until
+    /// stopped or, for a spawned runner, until its stream ends.
     pub async fn run(self, addr: impl Into<String>) -> Result<()> {
         let addr = addr.into();
         let settings = self.settings()?;
-        let uri = if addr.contains("://") {
+        let unix = addr.strip_prefix("unix:").map(std::path::PathBuf::from);
+        let uri = if unix.is_some() {
+            // Only the authority of HTTP/2 requests; the connector dials the socket.
+            "http://localhost".to_owned()
+        } else if addr.contains("://") {
             addr.clone()
         } else {
             format!("http://{addr}")
@@ -135,7 +140,8 @@ impl Runner {
         let signals = self
             .handle_signals
             .then(|| spawn_signal_listener(self.stop.clone(), settings.spawned));
-        let result = self.serve(&addr, &endpoint, &settings).await;
+        let dial = Dial { endpoint, unix };
+        let result = self.serve(&addr, &dial, &settings).await;
         if let Some(task) = signals {
             task.abort();
         }
@@ -179,7 +185,7 @@ impl Runner {
         })
     }
 
-    async fn serve(&self, addr: &str, endpoint: &Endpoint, settings: &Settings) -> Result<()> {
+    async fn serve(&self, addr: &str, endpoint: &Dial, settings: &Settings) -> Result<()> {
         let spawned = settings.spawned;
         let mut delay = BACKOFF_INITIAL;
         let mut failures = 0;
@@ -221,7 +227,7 @@ impl Runner {
         Ok(())
     }
 
-    async fn session(&self, addr: &str, endpoint: &Endpoint, settings: &Settings) -> Attempt {
+    async fn session(&self, addr: &str, endpoint: &Dial, settings: &Settings) -> Attempt {
         let channel = tokio::select! {
             () = self.stop.cancelled() => return Attempt::Ended(Ended::Stopped),
             c = endpoint.connect() => match c {
@@ -283,6 +289,29 @@ impl Runner {
             shutdown_grace: self.shutdown_grace,
         };
         Attempt::Ended(session.run(inbound).await)
+    }
+}
+
+/// How to reach the orchestrator: TCP through the endpoint, or its unix socket.
+struct Dial {
+    endpoint: Endpoint,
+    unix: Option<std::path::PathBuf>,
+}
+
+impl Dial {
+    async fn connect(&self) -> std::result::Result<Channel, tonic::transport::Error> {
+        let Some(path) = self.unix.clone() else {
+            return self.endpoint.connect().await;
+        };
+        self.endpoint
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
     }
 }
 

@@ -159,8 +159,10 @@ pub struct RunnerConfig {
     pub kind: RunnerType,
     /// Command starting one runner process; `None` = external runners only.
     pub cmd: Option<Vec<String>>,
-    /// Loopback address to listen on for this runner (`127.0.0.1:0` = free port).
-    pub tcp_socket: String,
+    /// Loopback address to listen on for this runner (`127.0.0.1:0` = free
+    /// port). `None`: a private unix socket when `cmd` is set (only the
+    /// orchestrator's own runner processes can reach it), else `127.0.0.1:0`.
+    pub tcp_socket: Option<String>,
     /// Processes of `cmd` to keep running.
     pub pool_size: u32,
     /// Jobs one runner process runs at once.
@@ -180,7 +182,7 @@ impl Default for RunnerConfig {
         Self {
             kind: RunnerType::Socket,
             cmd: None,
-            tcp_socket: "127.0.0.1:0".to_owned(),
+            tcp_socket: None,
             pool_size: 1,
             max_in_flight: 1,
             cwd: None,
@@ -192,8 +194,35 @@ impl Default for RunnerConfig {
 
 impl RunnerConfig {
     /// The listen address; valid after [`Config::validate`].
-    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
-        parse_loopback(&self.tcp_socket)
+    pub fn listen_addr(&self) -> Result<ListenAddr, String> {
+        match (&self.tcp_socket, &self.cmd) {
+            (Some(text), _) => parse_loopback(text).map(ListenAddr::Tcp),
+            (None, Some(_)) => Ok(ListenAddr::Unix),
+            (None, None) => Ok(ListenAddr::Tcp(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                0,
+            ))),
+        }
+    }
+}
+
+/// Where the orchestrator listens for one runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A loopback TCP address (`tcp_socket`, or a free port for external runners).
+    Tcp(SocketAddr),
+    /// A unix socket with mode 0600 in a 0700 directory the orchestrator
+    /// creates: the default for runners it spawns.
+    Unix,
+}
+
+impl ListenAddr {
+    /// The TCP address, if any.
+    pub fn tcp(self) -> Option<SocketAddr> {
+        match self {
+            ListenAddr::Tcp(a) => Some(a),
+            ListenAddr::Unix => None,
+        }
     }
 }
 
@@ -390,7 +419,8 @@ impl Config {
                 ));
             }
             let addr = runner.listen_addr().map_err(|m| (rkey("tcp_socket"), m))?;
-            if addr.port() != 0
+            if let Some(addr) = addr.tcp()
+                && addr.port() != 0
                 && let Some(other) = fixed_addrs.insert(addr, name)
             {
                 return Err((
@@ -663,7 +693,7 @@ tcp_socket = "127.0.0.1:9000"
         assert_eq!(c.default_runner(), Some("python"));
         let r = &c.runners["python"];
         assert_eq!(r.cmd.as_ref().unwrap().len(), 3);
-        assert_eq!(r.listen_addr().unwrap().port(), 9000);
+        assert_eq!(r.listen_addr().unwrap().tcp().unwrap().port(), 9000);
         assert_eq!(r.pool_size, 1);
         assert_eq!(r.max_in_flight, 1);
     }
@@ -799,6 +829,24 @@ max_in_flight = 10      # Concurrent jobs per runner
     fn renew_interval_must_be_below_lease() {
         let (key, _) = err_key("[rrq]\nlease_seconds = 10\nlease_renew_interval_seconds = 10\n");
         assert_eq!(key, "rrq.lease_renew_interval_seconds");
+    }
+
+    #[test]
+    fn spawned_runners_default_to_a_unix_socket() {
+        let c = parse(
+            "[rrq.runners.a]\ncmd = [\"x\"]\n[rrq.runners.b]\n\
+             [rrq.runners.c]\ncmd = [\"x\"]\ntcp_socket = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.runners["a"].listen_addr().unwrap(), ListenAddr::Unix);
+        assert_eq!(
+            c.runners["b"].listen_addr().unwrap(),
+            ListenAddr::Tcp("127.0.0.1:0".parse().unwrap())
+        );
+        assert_eq!(
+            c.runners["c"].listen_addr().unwrap(),
+            ListenAddr::Tcp("127.0.0.1:9000".parse().unwrap())
+        );
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! - [`scheduler`]: the claim loop; [`discovery`]: wake-ups and queue discovery;
 //! - [`settle`]: outcome → settle, batched writer; [`backoff`]: retry delays;
 //! - [`lease`]: lease renewal; [`recovery`]: expired-lease sweep;
-//! - [`supervisor`]: runner processes; [`error`]: [`Error`].
+//! - [`supervisor`]: runner processes; [`socket_dir`]: their unix sockets;
+//!   [`auth`]: which hellos may register; [`error`]: [`Error`].
 
 pub mod auth;
 pub mod backoff;
@@ -36,6 +37,7 @@ pub mod server;
 pub mod session;
 pub mod settle;
 pub mod shutdown;
+pub mod socket_dir;
 pub mod supervisor;
 pub mod telemetry;
 

@@ -9,12 +9,14 @@ use tracing::{info, warn};
 use crate::auth::RunnerAuth;
 use crate::clock::RedisClock;
 use crate::config::Config;
+use crate::config::ListenAddr;
 use crate::dispatcher::Dispatcher;
 use crate::health::Heartbeat;
 use crate::scheduler::{Scheduler, ServedQueues, Wake};
 use crate::server::Listener;
 use crate::settle::Settler;
 use crate::shutdown::Shutdown;
+use crate::socket_dir::SocketDir;
 use crate::supervisor::{Spawn, Supervisor};
 use crate::telemetry::Telemetry;
 use crate::{Error, Result, cron, discovery, lease, recovery};
@@ -140,7 +142,9 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
 
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
-    for (name, runner) in &cfg.runners {
+    // Created only if a runner listens on a unix socket; removed on return.
+    let mut socket_dir: Option<SocketDir> = None;
+    for (index, (name, runner)) in cfg.runners.iter().enumerate() {
         let addr = runner.listen_addr().map_err(|message| {
             Error::Config(crate::config::ConfigError::Invalid {
                 origin: "config".to_owned(),
@@ -148,8 +152,17 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
                 message,
             })
         })?;
-        let l = Listener::bind(name, addr).await?;
-        addrs.push((name.clone(), l.addr));
+        let l = match addr {
+            ListenAddr::Tcp(addr) => Listener::bind(name, addr).await?,
+            ListenAddr::Unix => {
+                let dir = match &mut socket_dir {
+                    Some(dir) => dir,
+                    None => socket_dir.insert(SocketDir::create()?),
+                };
+                Listener::bind_unix(name, &dir.socket(index))?
+            }
+        };
+        addrs.push((name.clone(), l.addr.clone()));
         listeners.push(l.serve(
             cfg.clone(),
             dispatcher.clone(),
@@ -169,7 +182,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
             supervisor.start(Spawn {
                 runner: name.clone(),
                 config: runner.clone(),
-                addr: addr.to_string(),
+                addr: addr.clone(),
                 secret_env: secret_env.clone(),
             });
         }

@@ -15,7 +15,7 @@ use rrq_proto::v1::runner_service_server::{RunnerService, RunnerServiceServer};
 use rrq_proto::v1::{
     HelloAck, OrchestratorMessage, RunnerHello, RunnerMessage, orchestrator_message, runner_message,
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -248,26 +248,50 @@ fn inbound_error(status: &Status) -> Status {
 pub struct Listener {
     /// Runner name.
     pub runner: String,
-    /// Bound address.
-    pub addr: std::net::SocketAddr,
-    listener: TcpListener,
+    /// Bound address as runners dial it: `host:port`, or `unix:/path`.
+    pub addr: String,
+    bound: Bound,
+}
+
+#[derive(Debug)]
+enum Bound {
+    Tcp(TcpListener),
+    Unix(UnixListener),
 }
 
 impl Listener {
-    /// Binds `addr` for `runner`.
+    /// Binds the loopback TCP `addr` for `runner`.
     pub async fn bind(runner: &str, addr: std::net::SocketAddr) -> crate::Result<Self> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| crate::Error::Bind {
                 runner: runner.to_owned(),
-                addr,
+                addr: addr.to_string(),
                 source,
             })?;
         let addr = listener.local_addr()?;
         Ok(Self {
             runner: runner.to_owned(),
-            addr,
-            listener,
+            addr: addr.to_string(),
+            bound: Bound::Tcp(listener),
+        })
+    }
+
+    /// Binds a unix socket at `path` (in a private directory, see
+    /// [`crate::socket_dir`]) for `runner`, with mode 0600.
+    pub fn bind_unix(runner: &str, path: &std::path::Path) -> crate::Result<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let err = |source| crate::Error::Bind {
+            runner: runner.to_owned(),
+            addr: format!("unix:{}", path.display()),
+            source,
+        };
+        let listener = UnixListener::bind(path).map_err(err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        Ok(Self {
+            runner: runner.to_owned(),
+            addr: format!("unix:{}", path.display()),
+            bound: Bound::Unix(listener),
         })
     }
 
@@ -294,17 +318,32 @@ impl Listener {
         };
         let service = RunnerServiceServer::new(endpoint).max_decoding_message_size(limit);
         let runner = self.runner;
-        // serve_with_incoming ignores the builder's tcp_nodelay, so set it on
-        // the incoming sockets: with Nagle on, a small execute written while
-        // the runner delays its ACK waits 40 ms (seen as the pickup p99).
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)));
         tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await;
+            let mut builder = builder;
+            let router = builder.add_service(service);
+            let result = match self.bound {
+                Bound::Tcp(listener) => {
+                    // serve_with_incoming ignores the builder's tcp_nodelay, so
+                    // set it on the incoming sockets: with Nagle on, a small
+                    // execute written while the runner delays its ACK waits
+                    // 40 ms (seen as the pickup p99).
+                    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(true));
+                    router
+                        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                        .await
+                }
+                Bound::Unix(listener) => {
+                    router
+                        .serve_with_incoming_shutdown(
+                            tokio_stream::wrappers::UnixListenerStream::new(listener),
+                            stop.cancelled_owned(),
+                        )
+                        .await
+                }
+            };
             if let Err(e) = result {
                 warn!(runner, "runner listener stopped: {e}");
             }

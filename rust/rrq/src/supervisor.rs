@@ -50,7 +50,8 @@ pub struct Spawn {
     pub runner: String,
     /// Its configuration (with `cmd`).
     pub config: RunnerConfig,
-    /// `host:port` to dial.
+    /// Address to dial (`RRQ_ORCHESTRATOR_ADDR`): `host:port`, or
+    /// `unix:/path` for the private unix socket.
     pub addr: String,
     /// Variables of the orchestrator's environment that hold secrets (every
     /// runner's `token_env`): removed from the runner's environment.

@@ -239,3 +239,65 @@ async fn a_missing_external_token_is_a_config_error() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A spawned runner's default transport is a private unix socket: the Rust
+/// runtime dials the `unix:/path` address the orchestrator hands its process
+/// and, with that process's spawn token, runs a job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_runtime_dials_the_unix_socket_with_a_spawn_token() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let redis = Redis::start().await;
+    let store = redis.store().await;
+    let dir = std::env::temp_dir().join(format!(
+        "rrq-auth-unix-{}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("rust.fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The process hands its address and token to the test, which serves in
+    // its place (in process, so the test owns the handler).
+    let config = format!(
+        "[rrq]\nredis_dsn = \"redis://127.0.0.1:1/0\"\ndefault_runner_name = \"rust\"\n\
+         [rrq.runners.rust]\nmax_in_flight = 2\n\
+         cmd = [\"sh\", \"-c\", \"echo \\\"$RRQ_ORCHESTRATOR_ADDR $RRQ_RUNNER_TOKEN\\\" > {}; exec sleep 600\"]\n",
+        fifo.display()
+    );
+    let orch = Orchestrator::start_config(&redis, &config, &[], &[]).await;
+    let line = read_fifo(&fifo).await;
+    let (addr, token) = line.split_once(' ').unwrap();
+    assert_eq!(orch.addrs["rust"], addr);
+    let path = addr.strip_prefix("unix:").expect("a unix socket address");
+    let socket_mode = std::fs::metadata(path).unwrap().permissions().mode();
+    let dir_mode = std::fs::metadata(Path::new(path).parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!((socket_mode & 0o777, dir_mode & 0o777), (0o600, 0o700));
+
+    let mut registry = rrq_runner::Registry::new();
+    registry.register("echo", |req, _cancel| async move { Ok(req.params) });
+    let runner = rrq_runner::Runner::new(registry)
+        .runner_name("rust")
+        .process_token(token)
+        .handle_signals(false);
+    let stop = runner.stop_token();
+    let serving = tokio::spawn(runner.run(addr.to_owned()));
+    let mut done = DoneWatch::new(&redis, "default", "unix-1").await;
+    store
+        .enqueue(&job("default", "unix-1", "echo", 0))
+        .await
+        .unwrap();
+    assert_eq!(done.wait().await, JobStatus::Completed as i32);
+    stop.cancel();
+    serving.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
