@@ -28,8 +28,21 @@ REPO_ROOT = TESTS_DIR.parents[1]
 SRC_DIR = Path(rrq.__file__).resolve().parents[1]
 
 # The environment must not redirect the tests to another Redis or config.
-for _name in ("RRQ_REDIS_DSN", "RRQ_CONFIG", "RRQ_ORCHESTRATOR_ADDR", "RRQ_RUNNER_TOKEN"):
+for _name in (
+    "RRQ_REDIS_DSN",
+    "RRQ_CONFIG",
+    "RRQ_ORCHESTRATOR_ADDR",
+    "RRQ_RUNNER_TOKEN",
+    "RRQ_RUNNER_SPAWNED",
+):
     os.environ.pop(_name, None)
+
+# External runners of the tests authenticate with this token: the
+# orchestrators get it in EXTERNAL_TOKEN_ENV (python_env sets it), configs
+# without ``cmd`` name that variable in ``token_env``, and the runners present
+# it in RRQ_RUNNER_TOKEN (external_runner_env).
+EXTERNAL_TOKEN_ENV = "RRQ_TEST_RUNNER_TOKEN"  # noqa: S105 - a variable name
+EXTERNAL_TOKEN = "rrq-tests-external-runner-token-0123456789"  # noqa: S105 - a test secret
 
 
 def find_orchestrator_binary() -> str:
@@ -59,8 +72,14 @@ def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
+    env[EXTERNAL_TOKEN_ENV] = EXTERNAL_TOKEN
     env.update(extra or {})
     return env
+
+
+def external_runner_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """python_env for an external runner: it presents the tests' external token."""
+    return python_env({"RRQ_RUNNER_TOKEN": EXTERNAL_TOKEN, **(extra or {})})
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +134,11 @@ def write_config(
     external runners to connect.
     """
     cmd = [sys.executable, "-m", "rrq.runner_cli", "--settings", "fixture_handlers:settings"]
-    cmd_line = "cmd = [" + ", ".join(f'"{part}"' for part in cmd) + "]\n" if spawn else ""
+    cmd_line = (
+        "cmd = [" + ", ".join(f'"{part}"' for part in cmd) + "]\n"
+        if spawn
+        else f'token_env = "{EXTERNAL_TOKEN_ENV}"\n'
+    )
     path = directory / "rrq.toml"
     path.write_text(
         f"""\

@@ -14,8 +14,8 @@ import pytest
 from conftest import (
     TESTS_DIR,
     OrchestratorFactory,
+    external_runner_env,
     find_orchestrator_binary,
-    python_env,
     write_config,
 )
 from rrq.client import RRQClient
@@ -25,8 +25,7 @@ from rrq.testing import ProcessLog, free_port
 
 class ExternalRunner:
     def __init__(self, port: int, log_path: Path) -> None:
-        env = python_env()
-        env.pop("RRQ_RUNNER_TOKEN", None)
+        env = external_runner_env()
         self.process = subprocess.Popen(
             [
                 sys.executable,

@@ -9,6 +9,7 @@
  */
 import { ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import * as net from "node:net";
 
 import { RRQError } from "./errors.js";
 import { escapeControl } from "./escape.js";
@@ -31,6 +32,7 @@ import {
 export const ADDR_ENV = "RRQ_ORCHESTRATOR_ADDR";
 export const NAME_ENV = "RRQ_RUNNER_NAME";
 export const TOKEN_ENV = "RRQ_RUNNER_TOKEN";
+export const SPAWNED_ENV = "RRQ_RUNNER_SPAWNED";
 export const MAX_IN_FLIGHT_ENV = "RRQ_RUNNER_MAX_IN_FLIGHT";
 
 const DEFAULT_HEARTBEAT_MS = 5_000;
@@ -430,7 +432,10 @@ export class Runner {
   readonly registry: Registry;
   readonly addr: string;
   readonly runnerName: string;
+  /** The secret the hello presents: a spawned runner's spawn token, or an external runner's configured token. */
   readonly token: string;
+  /** Set by the orchestrator for processes it starts: exit when the stream ends (an external runner reconnects). */
+  readonly spawned: boolean;
   readonly maxInFlight: number;
   readonly shutdownGraceMs: number;
   #stopping = false;
@@ -451,6 +456,7 @@ export class Runner {
     this.addr = addr;
     this.runnerName = env[NAME_ENV] || "typescript";
     this.token = env[TOKEN_ENV] ?? "";
+    this.spawned = env[SPAWNED_ENV] === "1";
     if (settings.maxInFlight !== undefined) {
       if (!Number.isSafeInteger(settings.maxInFlight) || settings.maxInFlight < 1) {
         throw new RunnerConfigError(`maxInFlight must be an integer >= 1, got ${settings.maxInFlight}`);
@@ -488,13 +494,20 @@ export class Runner {
   }
 
   async #session(): Promise<SessionResult> {
-    const baseUrl = `http://${this.addr}`;
+    // `unix:/path`: the private unix socket the orchestrator gives the
+    // runners it spawns; the URL is then only the requests' authority.
+    const socketPath = this.addr.startsWith("unix:") ? this.addr.slice("unix:".length) : undefined;
+    const baseUrl = socketPath === undefined ? `http://${this.addr}` : "http://localhost";
     // One HTTP/2 connection per session, with keepalive pings, closed with it.
-    const sessionManager = new Http2SessionManager(baseUrl, {
-      pingIntervalMs: 10_000,
-      pingTimeoutMs: 10_000,
-      pingIdleConnection: true,
-    });
+    const sessionManager = new Http2SessionManager(
+      baseUrl,
+      {
+        pingIntervalMs: 10_000,
+        pingTimeoutMs: 10_000,
+        pingIdleConnection: true,
+      },
+      socketPath === undefined ? undefined : { createConnection: () => net.connect({ path: socketPath }) },
+    );
     const transport = createGrpcTransport({ baseUrl, sessionManager });
     const client = createClient(RunnerService, transport);
     const outbox = new Outbox();
@@ -582,12 +595,12 @@ export class Runner {
    */
   async run(): Promise<number> {
     const onTerm = (): void => this.stop();
-    const signals: NodeJS.Signals[] = this.token ? ["SIGTERM"] : ["SIGTERM", "SIGINT"];
+    const signals: NodeJS.Signals[] = this.spawned ? ["SIGTERM"] : ["SIGTERM", "SIGINT"];
     // A spawned runner shares the terminal's process group with its
     // orchestrator: on Ctrl-C the orchestrator drains and then stops its
     // runners, so the runner must not abandon its jobs on SIGINT itself.
     const ignoreInt = (): void => undefined;
-    if (this.token) process.on("SIGINT", ignoreInt);
+    if (this.spawned) process.on("SIGINT", ignoreInt);
     for (const signal of signals) process.on(signal, onTerm);
     let delay = BACKOFF_INITIAL_MS;
     let failures = 0;
@@ -597,11 +610,11 @@ export class Runner {
         if (result === "ended") {
           failures = 0;
           delay = BACKOFF_INITIAL_MS;
-          if (this.token) return 0; // spawned: the orchestrator's replacement spawns its own
+          if (this.spawned) return 0; // spawned: the orchestrator's replacement spawns its own
           if (this.#stopping) return 0;
         } else {
           failures += 1;
-          if (this.token && (result === "rejected" || failures >= SPAWNED_CONNECT_ATTEMPTS)) return 1;
+          if (this.spawned && (result === "rejected" || failures >= SPAWNED_CONNECT_ATTEMPTS)) return 1;
         }
         // Back off before reconnecting (jittered), or stop at once when asked.
         const wait = delay * (0.5 + Math.random() / 2);
@@ -618,7 +631,7 @@ export class Runner {
       return 0;
     } finally {
       for (const signal of signals) process.off(signal, onTerm);
-      if (this.token) process.off("SIGINT", ignoreInt);
+      if (this.spawned) process.off("SIGINT", ignoreInt);
     }
   }
 }

@@ -53,6 +53,7 @@ log.addFilter(EscapingFilter())
 ADDR_ENV: Final = "RRQ_ORCHESTRATOR_ADDR"
 NAME_ENV: Final = "RRQ_RUNNER_NAME"
 TOKEN_ENV: Final = "RRQ_RUNNER_TOKEN"  # noqa: S105 - a variable name, not a secret
+SPAWNED_ENV: Final = "RRQ_RUNNER_SPAWNED"
 MAX_IN_FLIGHT_ENV: Final = "RRQ_RUNNER_MAX_IN_FLIGHT"
 HANDLER_THREAD_PREFIX: Final = "rrq-handler"
 
@@ -412,7 +413,12 @@ class Runner:
             )
         self.addr: str = resolved
         self.runner_name = env.get(NAME_ENV) or "python"
+        # The secret the hello presents: a spawned runner's own spawn token,
+        # or an external runner's configured token (rrq.runners.<name>.token_env).
         self.token = env.get(TOKEN_ENV, "")
+        # Set by the orchestrator for the processes it starts: such a runner
+        # exits when its stream ends, an external one reconnects.
+        self.spawned = env.get(SPAWNED_ENV) == "1"
         if settings.max_in_flight is not None:
             self.max_in_flight = settings.max_in_flight
         else:
@@ -442,7 +448,11 @@ class Runner:
         self.stopping.set()
 
     async def _session(self) -> Literal["ended", "rejected", "unreachable"]:
-        channel = grpc.aio.insecure_channel(self.addr)
+        # Over the orchestrator's unix socket (``unix:/path``) grpc would send
+        # the path as the HTTP/2 authority, which the server refuses: name a
+        # plain host instead.
+        options = [("grpc.default_authority", "localhost")] if self.addr.startswith("unix:") else []
+        channel = grpc.aio.insecure_channel(self.addr, options=options)
         try:
             try:
                 await asyncio.wait_for(channel.channel_ready(), timeout=_CONNECT_TIMEOUT)
@@ -490,8 +500,8 @@ class Runner:
         # A spawned runner shares the terminal's process group with its
         # orchestrator: on Ctrl-C the orchestrator drains and then stops its
         # runners, so the runner must not abandon its jobs on SIGINT itself.
-        signals = (signal.SIGTERM,) if self.token else (signal.SIGTERM, signal.SIGINT)
-        if self.token:
+        signals = (signal.SIGTERM,) if self.spawned else (signal.SIGTERM, signal.SIGINT)
+        if self.spawned:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         for signum in signals:
             loop.add_signal_handler(signum, self.stop)
@@ -503,11 +513,11 @@ class Runner:
                 if result == "ended":
                     failures = 0
                     delay = _BACKOFF_INITIAL
-                    if self.token:
+                    if self.spawned:
                         return 0  # spawned: the orchestrator's replacement spawns its own
                 else:
                     failures += 1
-                    if self.token and (
+                    if self.spawned and (
                         result == "rejected" or failures >= _SPAWNED_CONNECT_ATTEMPTS
                     ):
                         return 1

@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from conftest import TESTS_DIR, python_env
+from conftest import TESTS_DIR, external_runner_env
 from rrq.store import DEFAULT_KEYS, QUEUES_KEY, EnqueueArgs, _enqueue_call
 from rrq.testing import ProcessLog
 
@@ -108,7 +108,7 @@ class ExternalRunners:
         extra = {"RRQ_ORACLE_LOG": str(self.oracle_log), "RRQ_LOG_LEVEL": "WARNING"}
         if max_in_flight is not None:
             extra["RRQ_RUNNER_MAX_IN_FLIGHT"] = str(max_in_flight)
-        env = python_env(extra)
+        env = external_runner_env(extra)
         pids = []
         for _ in range(count):
             process = subprocess.Popen(

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SRC_DIR, TESTS_DIR, find_orchestrator_binary, python_env
+from conftest import (
+    EXTERNAL_TOKEN_ENV,
+    SRC_DIR,
+    TESTS_DIR,
+    find_orchestrator_binary,
+    python_env,
+)
 from rrq.client import RRQClient
 from rrq.testing import Orchestrator, RedisServer, free_port
 
@@ -68,7 +74,10 @@ def config_text(
     spawn: bool = True,
     **overrides: object,
 ) -> str:
-    """``spawn=False`` declares external runners only (they dial ``tcp_socket``)."""
+    """``spawn=False`` declares external runners only (they dial ``tcp_socket``).
+
+    Either way external runners (and the rows' hand-driven streams) may
+    connect with the tests' external token (``token_env``)."""
     settings = {**TIMINGS, **overrides}
     lines = [f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items()]
     cmd = [sys.executable, "-m", "rrq.runner_cli", "--settings", ORACLE_SETTINGS]
@@ -90,6 +99,7 @@ default_runner_name = "python"
 type = "socket"
 tcp_socket = "{tcp_socket}"
 max_in_flight = {max_in_flight}
+token_env = "{EXTERNAL_TOKEN_ENV}"
 """ + (spawned if spawn else "")
 
 

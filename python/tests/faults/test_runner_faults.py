@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from conftest import EXTERNAL_TOKEN
 from rrq.client import RRQClient
 from rrq.job import JobStatus
 from rrq.testing import Orchestrator
@@ -223,6 +224,8 @@ def hello(**overrides: object) -> pb.RunnerMessage:
         "handlers": [],
         "max_in_flight": 1,
         "pid": os.getpid(),
+        # The token the rows' configs accept from external runners (token_env).
+        "process_token": EXTERNAL_TOKEN,
     }
     fields.update(overrides)
     return pb.RunnerMessage(hello=pb.RunnerHello(**fields))  # type: ignore[arg-type]

@@ -47,7 +47,12 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const ADDR_ENV: &str = "RRQ_ORCHESTRATOR_ADDR";
 /// Runner name (`[rrq.runners.<name>]`).
 pub const NAME_ENV: &str = "RRQ_RUNNER_NAME";
-/// Process token set by the orchestrator for the runners it spawned.
+/// The secret the hello presents: the spawn token the orchestrator sets for
+/// a process it spawned, or an external runner's configured token (the value
+/// of the orchestrator's `rrq.runners.<name>.token_env` variable).
 pub const TOKEN_ENV: &str = "RRQ_RUNNER_TOKEN";
+/// `1` in the processes the orchestrator spawned: they exit when their
+/// stream ends instead of reconnecting.
+pub const SPAWNED_ENV: &str = "RRQ_RUNNER_SPAWNED";
 /// Executions this process accepts at once.
 pub const MAX_IN_FLIGHT_ENV: &str = "RRQ_RUNNER_MAX_IN_FLIGHT";

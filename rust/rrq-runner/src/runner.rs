@@ -8,13 +8,13 @@ use rrq_proto::v1::{RunnerHello, RunnerMessage, orchestrator_message, runner_mes
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 use tracing::{error, info, warn};
 
 use crate::error::{Error, Result};
 use crate::handler::Registry;
 use crate::session::{Ended, Session};
-use crate::{ADDR_ENV, MAX_IN_FLIGHT_ENV, NAME_ENV, PROTOCOL_VERSION, TOKEN_ENV};
+use crate::{ADDR_ENV, MAX_IN_FLIGHT_ENV, NAME_ENV, PROTOCOL_VERSION, SPAWNED_ENV, TOKEN_ENV};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
@@ -29,10 +29,10 @@ const DEFAULT_NAME: &str = "rust";
 ///
 /// Settings not given to the builder come from the environment the
 /// orchestrator sets for the processes it spawns (`RRQ_RUNNER_NAME`,
-/// `RRQ_RUNNER_TOKEN`, `RRQ_RUNNER_MAX_IN_FLIGHT`), else the defaults (name
-/// `"rust"`, no token, max_in_flight 1).
+/// `RRQ_RUNNER_TOKEN`, `RRQ_RUNNER_SPAWNED`, `RRQ_RUNNER_MAX_IN_FLIGHT`), else
+/// the defaults (name `"rust"`, no token, external, max_in_flight 1).
 ///
-/// A spawned runner (one with a process token) exits when its stream ends.
+/// A spawned runner (`RRQ_RUNNER_SPAWNED=1`) exits when its stream ends.
 /// An external runner reconnects with backoff until it is stopped. SIGTERM
 /// (and SIGINT, for external runners) stops the runner: no new executions,
 /// running ones get the shutdown grace (default 10 s), then the stream closes.
@@ -80,7 +80,8 @@ impl Runner {
         self
     }
 
-    /// Process token (overrides `RRQ_RUNNER_TOKEN`); set only for spawned runners.
+    /// Token the hello presents (overrides `RRQ_RUNNER_TOKEN`): an external
+    /// runner's configured token (`rrq.runners.<name>.token_env`).
     pub fn process_token(mut self, token: impl Into<String>) -> Self {
         self.process_token = Some(token.into());
         self
@@ -114,12 +115,17 @@ impl Runner {
         self.run(addr).await
     }
 
-    /// Serves the orchestrator at `addr` (`host:port` or `http://host:port`)
-    /// until stopped or, for a spawned runner, until its stream ends.
+    /// Serves the orchestrator at `addr` (`host:port`, `http://host:port`,
+    /// or `unix:/path` for the unix socket of a spawned runner) until
+    /// stopped or, for a spawned runner, until its stream ends.
     pub async fn run(self, addr: impl Into<String>) -> Result<()> {
         let addr = addr.into();
         let settings = self.settings()?;
-        let uri = if addr.contains("://") {
+        let unix = addr.strip_prefix("unix:").map(std::path::PathBuf::from);
+        let uri = if unix.is_some() {
+            // Only the authority of HTTP/2 requests; the connector dials the socket.
+            "http://localhost".to_owned()
+        } else if addr.contains("://") {
             addr.clone()
         } else {
             format!("http://{addr}")
@@ -133,8 +139,9 @@ impl Runner {
             .tcp_nodelay(true);
         let signals = self
             .handle_signals
-            .then(|| spawn_signal_listener(self.stop.clone(), !settings.token.is_empty()));
-        let result = self.serve(&addr, &endpoint, &settings).await;
+            .then(|| spawn_signal_listener(self.stop.clone(), settings.spawned));
+        let dial = Dial { endpoint, unix };
+        let result = self.serve(&addr, &dial, &settings).await;
         if let Some(task) = signals {
             task.abort();
         }
@@ -173,12 +180,13 @@ impl Runner {
         Ok(Settings {
             name,
             token,
+            spawned: std::env::var(SPAWNED_ENV).is_ok_and(|v| v == "1"),
             max_in_flight,
         })
     }
 
-    async fn serve(&self, addr: &str, endpoint: &Endpoint, settings: &Settings) -> Result<()> {
-        let spawned = !settings.token.is_empty();
+    async fn serve(&self, addr: &str, endpoint: &Dial, settings: &Settings) -> Result<()> {
+        let spawned = settings.spawned;
         let mut delay = BACKOFF_INITIAL;
         let mut failures = 0;
         while !self.stop.is_cancelled() {
@@ -219,7 +227,7 @@ impl Runner {
         Ok(())
     }
 
-    async fn session(&self, addr: &str, endpoint: &Endpoint, settings: &Settings) -> Attempt {
+    async fn session(&self, addr: &str, endpoint: &Dial, settings: &Settings) -> Attempt {
         let channel = tokio::select! {
             () = self.stop.cancelled() => return Attempt::Ended(Ended::Stopped),
             c = endpoint.connect() => match c {
@@ -284,10 +292,35 @@ impl Runner {
     }
 }
 
+/// How to reach the orchestrator: TCP through the endpoint, or its unix socket.
+struct Dial {
+    endpoint: Endpoint,
+    unix: Option<std::path::PathBuf>,
+}
+
+impl Dial {
+    async fn connect(&self) -> std::result::Result<Channel, tonic::transport::Error> {
+        let Some(path) = self.unix.clone() else {
+            return self.endpoint.connect().await;
+        };
+        self.endpoint
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+    }
+}
+
 #[derive(Debug)]
 struct Settings {
     name: String,
     token: String,
+    /// Started by the orchestrator: exit when the stream ends.
+    spawned: bool,
     max_in_flight: u32,
 }
 

@@ -171,8 +171,10 @@ pub struct RunnerConfig {
     pub kind: RunnerType,
     /// Command starting one runner process; `None` = external runners only.
     pub cmd: Option<Vec<String>>,
-    /// Loopback address to listen on for this runner (`127.0.0.1:0` = free port).
-    pub tcp_socket: String,
+    /// Loopback address to listen on for this runner (`127.0.0.1:0` = free
+    /// port). `None`: a private unix socket when `cmd` is set (only the
+    /// orchestrator's own runner processes can reach it), else `127.0.0.1:0`.
+    pub tcp_socket: Option<String>,
     /// Processes of `cmd` to keep running.
     pub pool_size: u32,
     /// Jobs one runner process runs at once.
@@ -186,6 +188,10 @@ pub struct RunnerConfig {
     /// Recycle a spawned runner process once its resident memory exceeds
     /// this (checked after each batch of outcomes).
     pub max_memory_per_runner: Option<ByteSize>,
+    /// Name of the orchestrator's environment variable holding the token
+    /// that external processes of this runner present; `None` = no external
+    /// runner may connect (spawned ones prove themselves with their spawn token).
+    pub token_env: Option<String>,
 }
 
 /// A size in bytes: an integer, or a string `"<integer><unit>"` with unit
@@ -250,21 +256,49 @@ impl Default for RunnerConfig {
         Self {
             kind: RunnerType::Socket,
             cmd: None,
-            tcp_socket: "127.0.0.1:0".to_owned(),
+            tcp_socket: None,
             pool_size: 1,
             max_in_flight: 1,
             cwd: None,
             env: BTreeMap::new(),
             max_jobs_per_runner: None,
             max_memory_per_runner: None,
+            token_env: None,
         }
     }
 }
 
 impl RunnerConfig {
     /// The listen address; valid after [`Config::validate`].
-    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
-        parse_loopback(&self.tcp_socket)
+    pub fn listen_addr(&self) -> Result<ListenAddr, String> {
+        match (&self.tcp_socket, &self.cmd) {
+            (Some(text), _) => parse_loopback(text).map(ListenAddr::Tcp),
+            (None, Some(_)) => Ok(ListenAddr::Unix),
+            (None, None) => Ok(ListenAddr::Tcp(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                0,
+            ))),
+        }
+    }
+}
+
+/// Where the orchestrator listens for one runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A loopback TCP address (`tcp_socket`, or a free port for external runners).
+    Tcp(SocketAddr),
+    /// A unix socket with mode 0600 in a 0700 directory the orchestrator
+    /// creates: the default for runners it spawns.
+    Unix,
+}
+
+impl ListenAddr {
+    /// The TCP address, if any.
+    pub fn tcp(self) -> Option<SocketAddr> {
+        match self {
+            ListenAddr::Tcp(a) => Some(a),
+            ListenAddr::Unix => None,
+        }
     }
 }
 
@@ -479,12 +513,23 @@ impl Config {
                 ));
             }
             let addr = runner.listen_addr().map_err(|m| (rkey("tcp_socket"), m))?;
-            if addr.port() != 0
+            if let Some(addr) = addr.tcp()
+                && addr.port() != 0
                 && let Some(other) = fixed_addrs.insert(addr, name)
             {
                 return Err((
                     rkey("tcp_socket"),
                     format!("{addr} is already used by runner {other:?}"),
+                ));
+            }
+            if let Some(var) = &runner.token_env
+                && !is_env_var_name(var)
+            {
+                return Err((
+                    rkey("token_env"),
+                    format!(
+                        "must name an environment variable (letters, digits, '_', not starting with a digit), got {var:?}"
+                    ),
                 ));
             }
             if runner.pool_size == 0 {
@@ -676,6 +721,15 @@ fn parse_loopback(text: &str) -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
+/// A portable environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_env_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Accepts 5-field cron expressions and 6-field ones with leading seconds.
 pub fn validate_schedule(schedule: &str) -> Result<(), String> {
     let fields = schedule.split_whitespace().count();
@@ -762,7 +816,7 @@ tcp_socket = "127.0.0.1:9000"
         assert_eq!(c.default_runner(), Some("python"));
         let r = &c.runners["python"];
         assert_eq!(r.cmd.as_ref().unwrap().len(), 3);
-        assert_eq!(r.listen_addr().unwrap().port(), 9000);
+        assert_eq!(r.listen_addr().unwrap().tcp().unwrap().port(), 9000);
         assert_eq!(r.pool_size, 1);
         assert_eq!(r.max_in_flight, 1);
     }
@@ -934,6 +988,46 @@ max_in_flight = 10      # Concurrent jobs per runner
     fn renew_interval_must_be_below_lease() {
         let (key, _) = err_key("[rrq]\nlease_seconds = 10\nlease_renew_interval_seconds = 10\n");
         assert_eq!(key, "rrq.lease_renew_interval_seconds");
+    }
+
+    #[test]
+    fn spawned_runners_default_to_a_unix_socket() {
+        let c = parse(
+            "[rrq.runners.a]\ncmd = [\"x\"]\n[rrq.runners.b]\n\
+             [rrq.runners.c]\ncmd = [\"x\"]\ntcp_socket = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.runners["a"].listen_addr().unwrap(), ListenAddr::Unix);
+        assert_eq!(
+            c.runners["b"].listen_addr().unwrap(),
+            ListenAddr::Tcp("127.0.0.1:0".parse().unwrap())
+        );
+        assert_eq!(
+            c.runners["c"].listen_addr().unwrap(),
+            ListenAddr::Tcp("127.0.0.1:9000".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn token_env_names_an_environment_variable() {
+        let c = parse("[rrq.runners.py]\ntoken_env = \"MY_RUNNER_TOKEN\"\n").unwrap();
+        assert_eq!(
+            c.runners["py"].token_env.as_deref(),
+            Some("MY_RUNNER_TOKEN")
+        );
+        assert_eq!(
+            parse("[rrq.runners.py]\n").unwrap().runners["py"].token_env,
+            None
+        );
+        for bad in ["", "1ABC", "MY-TOKEN", "A B", "X=Y"] {
+            let (key, message) = err_key(&format!("[rrq.runners.py]\ntoken_env = {bad:?}\n"));
+            assert_eq!(key, "rrq.runners.py.token_env", "{bad:?}");
+            assert!(message.contains("environment variable"), "{message}");
+        }
+        assert_eq!(
+            err_key("[rrq.runners.py]\ntoken_env = 5\n").0,
+            "rrq.runners.py.token_env"
+        );
     }
 
     #[test]

@@ -82,8 +82,8 @@ pub struct NewSession {
     pub max_in_flight: usize,
     /// Process id.
     pub pid: u32,
-    /// Process token.
-    pub process_token: String,
+    /// How the stream authenticated (held for the session's life).
+    pub admission: crate::auth::Admission,
     /// Outbound stream sender.
     pub tx: Outbound,
     /// Close signal of the session's reader.
@@ -206,7 +206,7 @@ impl Dispatcher {
                     handlers: new.handlers,
                     max_in_flight: new.max_in_flight,
                     pid: new.pid,
-                    process_token: new.process_token,
+                    admission: new.admission,
                     tx: new.tx,
                     close: new.close,
                     executions: HashMap::new(),
@@ -374,7 +374,7 @@ impl Dispatcher {
 
         session.jobs_sent += 1;
         if !session.retiring
-            && !session.process_token.is_empty()
+            && session.admission.spawn_token().is_some()
             && self
                 .cfg
                 .runners
@@ -521,7 +521,10 @@ impl Dispatcher {
     /// Between jobs: marks a spawned session retiring when its process's
     /// resident memory is over `max_memory_per_runner`.
     fn check_memory(&self, session: &mut Session) {
-        if session.retiring || session.process_token.is_empty() {
+        let Some(token) = session.admission.spawn_token() else {
+            return;
+        };
+        if session.retiring {
             return;
         }
         let Some(limit) = self
@@ -532,7 +535,7 @@ impl Dispatcher {
         else {
             return;
         };
-        let Some(rss_kib) = self.supervisor.rss_kib(&session.process_token, session.pid) else {
+        let Some(rss_kib) = self.supervisor.rss_kib(token, session.pid) else {
             return;
         };
         if rss_kib.saturating_mul(1024) > limit.0 {
@@ -548,7 +551,10 @@ impl Dispatcher {
     fn retire_if_done(&self, session: &Session) {
         if session.retiring
             && session.executions.is_empty()
-            && self.supervisor.retire(&session.process_token)
+            && session
+                .admission
+                .spawn_token()
+                .is_some_and(|token| self.supervisor.retire(token))
         {
             info!(runner = %session.runner, pid = session.pid, jobs = session.jobs_sent,
                 "recycling runner process");
@@ -573,8 +579,10 @@ impl Dispatcher {
             );
             // A retiring process is already being stopped gracefully.
             if !session.retiring
-                && !session.process_token.is_empty()
-                && self.supervisor.kill(&session.process_token)
+                && session
+                    .admission
+                    .spawn_token()
+                    .is_some_and(|token| self.supervisor.kill(token))
             {
                 warn!(runner = %session.runner, pid = session.pid,
                     "killed the lost runner's process group ({reason}); the supervisor replaces it");
@@ -712,7 +720,9 @@ impl Dispatcher {
             self.settler.submit([s]);
             self.changed.notify_waiters();
         }
-        if !session.process_token.is_empty() && self.supervisor.kill(&session.process_token) {
+        if let Some(token) = session.admission.spawn_token()
+            && self.supervisor.kill(token)
+        {
             warn!(%job_id, attempt, runner = %session.runner, pid = session.pid,
                 "runner did not stop the job within cancel_grace_seconds; killed its process");
         } else {

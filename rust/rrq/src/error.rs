@@ -25,8 +25,8 @@ pub enum Error {
     Bind {
         /// Runner name.
         runner: String,
-        /// Address.
-        addr: std::net::SocketAddr,
+        /// Address (`host:port` or `unix:/path`).
+        addr: String,
         /// Why.
         source: std::io::Error,
     },

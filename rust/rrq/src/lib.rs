@@ -13,9 +13,11 @@
 //! - [`scheduler`]: the claim loop; [`discovery`]: wake-ups and queue discovery;
 //! - [`settle`]: outcome → settle, batched writer; [`backoff`]: retry delays;
 //! - [`lease`]: lease renewal; [`recovery`]: expired-lease sweep;
-//! - [`supervisor`]: runner processes; [`output`]: our stderr (log and
+//! - [`supervisor`]: runner processes; [`socket_dir`]: their unix sockets;
+//!   [`auth`]: which hellos may register; [`output`]: our stderr (log and
 //!   forwarded runner output, lossy and bounded); [`error`]: [`Error`].
 
+pub mod auth;
 pub mod backoff;
 pub mod cli;
 pub mod clock;
@@ -39,6 +41,7 @@ pub mod server;
 pub mod session;
 pub mod settle;
 pub mod shutdown;
+pub mod socket_dir;
 pub mod supervisor;
 pub mod telemetry;
 

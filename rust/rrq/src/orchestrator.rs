@@ -6,14 +6,17 @@ use rrq_store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::auth::RunnerAuth;
 use crate::clock::RedisClock;
 use crate::config::Config;
+use crate::config::ListenAddr;
 use crate::dispatcher::Dispatcher;
 use crate::health::Heartbeat;
 use crate::scheduler::{Scheduler, ServedQueues, Wake};
 use crate::server::Listener;
 use crate::settle::Settler;
 use crate::shutdown::Shutdown;
+use crate::socket_dir::SocketDir;
 use crate::supervisor::{Spawn, Supervisor};
 use crate::telemetry::Telemetry;
 use crate::{Error, Result, cron, discovery, lease, recovery};
@@ -62,6 +65,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
             })
         })?;
     }
+    // External runners' tokens: a missing one is a configuration error,
+    // reported before anything connects.
+    let auth = Arc::new(RunnerAuth::from_config(&cfg, |var| {
+        std::env::var(var).ok()
+    })?);
     let dsn = rrq_store::redact_dsn(&cfg.redis_dsn);
     let redis_err = |source| Error::Redis {
         dsn: dsn.clone(),
@@ -131,7 +139,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
 
     let wake = Arc::new(Wake::default());
     let settler = Settler::start(store.clone());
-    let supervisor = Supervisor::default();
+    let supervisor = Supervisor::new(auth.clone());
     let dispatcher = Dispatcher::new(
         cfg.clone(),
         instance_id.clone(),
@@ -143,7 +151,9 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
 
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
-    for (name, runner) in &cfg.runners {
+    // Created only if a runner listens on a unix socket; removed on return.
+    let mut socket_dir: Option<SocketDir> = None;
+    for (index, (name, runner)) in cfg.runners.iter().enumerate() {
         let addr = runner.listen_addr().map_err(|message| {
             Error::Config(crate::config::ConfigError::Invalid {
                 origin: "config".to_owned(),
@@ -151,23 +161,38 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<()> {
                 message,
             })
         })?;
-        let l = Listener::bind(name, addr).await?;
-        addrs.push((name.clone(), l.addr));
+        let l = match addr {
+            ListenAddr::Tcp(addr) => Listener::bind(name, addr).await?,
+            ListenAddr::Unix => {
+                let dir = match &mut socket_dir {
+                    Some(dir) => dir,
+                    None => socket_dir.insert(SocketDir::create()?),
+                };
+                Listener::bind_unix(name, &dir.socket(index))?
+            }
+        };
+        addrs.push((name.clone(), l.addr.clone()));
         listeners.push(l.serve(
             cfg.clone(),
             dispatcher.clone(),
+            auth.clone(),
             instance_id.clone(),
             stop_listeners.clone(),
         ));
     }
+    let secret_env: Vec<String> = cfg
+        .runners
+        .values()
+        .filter_map(|r| r.token_env.clone())
+        .collect();
     for (name, addr) in &addrs {
         let runner = &cfg.runners[name];
         if runner.cmd.is_some() {
             supervisor.start(Spawn {
                 runner: name.clone(),
                 config: runner.clone(),
-                addr: addr.to_string(),
-                instance_id: instance_id.clone(),
+                addr: addr.clone(),
+                secret_env: secret_env.clone(),
                 redis_dsn: cfg.redis_dsn.clone(),
             });
         }

@@ -1,7 +1,9 @@
 //! The gRPC side: `RunnerService.Connect`, one listener per configured runner.
 //!
 //! Each stream goes hello → hello_ack → (execute/cancel ⇄ outcomes/heartbeat).
-//! A protocol violation ends only that stream, with a typed status.
+//! A protocol violation ends only that stream, with a typed status. A hello
+//! without a token valid for its runner ([`crate::auth`]) ends with
+//! UNAUTHENTICATED before any hello_ack: that stream never sees a job.
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
@@ -13,13 +15,14 @@ use rrq_proto::v1::runner_service_server::{RunnerService, RunnerServiceServer};
 use rrq_proto::v1::{
     HelloAck, OrchestratorMessage, RunnerHello, RunnerMessage, orchestrator_message, runner_message,
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use crate::auth::{Admission, RunnerAuth};
 use crate::config::Config;
 use crate::dispatcher::{Dispatcher, NewSession};
 use crate::session::SessionId;
@@ -36,6 +39,7 @@ const MIN_DECODING_LIMIT: usize = 64 * 1024 * 1024;
 pub struct Endpoint {
     cfg: Arc<Config>,
     dispatcher: Arc<Dispatcher>,
+    auth: Arc<RunnerAuth>,
     instance_id: String,
     /// Runner this listener was opened for (for logs).
     listener_runner: String,
@@ -64,7 +68,7 @@ impl RunnerService for Endpoint {
             Some(runner_message::Kind::Hello(h)) => h,
             _ => return Err(Status::invalid_argument("the first message must be hello")),
         };
-        self.check_hello(&hello)?;
+        let admission = self.check_hello(&hello)?;
 
         let (tx, rx) = mpsc::unbounded_channel();
         // The ack goes first on the channel, so it precedes every execute.
@@ -96,7 +100,7 @@ impl RunnerService for Endpoint {
             handlers,
             max_in_flight: hello.max_in_flight as usize,
             pid: hello.pid,
-            process_token: hello.process_token.clone(),
+            admission,
             tx: tx.clone(),
             close: close.clone(),
         });
@@ -119,18 +123,22 @@ impl Endpoint {
     pub fn new(
         cfg: Arc<Config>,
         dispatcher: Arc<Dispatcher>,
+        auth: Arc<RunnerAuth>,
         instance_id: String,
         listener_runner: String,
     ) -> Self {
         Self {
             cfg,
             dispatcher,
+            auth,
             instance_id,
             listener_runner,
         }
     }
 
-    fn check_hello(&self, hello: &RunnerHello) -> Result<(), Status> {
+    /// Checks the hello's fields, then its token: the admission to keep
+    /// with the session, or the status that ends the stream.
+    fn check_hello(&self, hello: &RunnerHello) -> Result<Admission, Status> {
         if hello.protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
                 "protocol_version {} is not supported; this orchestrator speaks {PROTOCOL_VERSION}",
@@ -155,7 +163,17 @@ impl Endpoint {
                 names.join(", ")
             )));
         }
-        Ok(())
+        self.auth
+            .admit(&hello.runner_name, &hello.process_token)
+            .map_err(|e| {
+                // `{:?}` escapes whatever the caller put in the name; the
+                // error names the runner, never the token.
+                warn!(
+                    "runner refused: {e} (name={:?} pid={} listener={})",
+                    hello.runner_name, hello.pid, self.listener_runner
+                );
+                Status::unauthenticated(e.to_string())
+            })
     }
 }
 
@@ -235,26 +253,50 @@ fn inbound_error(status: &Status) -> Status {
 pub struct Listener {
     /// Runner name.
     pub runner: String,
-    /// Bound address.
-    pub addr: std::net::SocketAddr,
-    listener: TcpListener,
+    /// Bound address as runners dial it: `host:port`, or `unix:/path`.
+    pub addr: String,
+    bound: Bound,
+}
+
+#[derive(Debug)]
+enum Bound {
+    Tcp(TcpListener),
+    Unix(UnixListener),
 }
 
 impl Listener {
-    /// Binds `addr` for `runner`.
+    /// Binds the loopback TCP `addr` for `runner`.
     pub async fn bind(runner: &str, addr: std::net::SocketAddr) -> crate::Result<Self> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| crate::Error::Bind {
                 runner: runner.to_owned(),
-                addr,
+                addr: addr.to_string(),
                 source,
             })?;
         let addr = listener.local_addr()?;
         Ok(Self {
             runner: runner.to_owned(),
-            addr,
-            listener,
+            addr: addr.to_string(),
+            bound: Bound::Tcp(listener),
+        })
+    }
+
+    /// Binds a unix socket at `path` (in a private directory, see
+    /// [`crate::socket_dir`]) for `runner`, with mode 0600.
+    pub fn bind_unix(runner: &str, path: &std::path::Path) -> crate::Result<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let err = |source| crate::Error::Bind {
+            runner: runner.to_owned(),
+            addr: format!("unix:{}", path.display()),
+            source,
+        };
+        let listener = UnixListener::bind(path).map_err(err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        Ok(Self {
+            runner: runner.to_owned(),
+            addr: format!("unix:{}", path.display()),
+            bound: Bound::Unix(listener),
         })
     }
 
@@ -263,6 +305,7 @@ impl Listener {
         self,
         cfg: Arc<Config>,
         dispatcher: Arc<Dispatcher>,
+        auth: Arc<RunnerAuth>,
         instance_id: String,
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
@@ -274,22 +317,38 @@ impl Listener {
         let endpoint = Endpoint {
             cfg,
             dispatcher,
+            auth,
             instance_id,
             listener_runner: self.runner.clone(),
         };
         let service = RunnerServiceServer::new(endpoint).max_decoding_message_size(limit);
         let runner = self.runner;
-        // serve_with_incoming ignores the builder's tcp_nodelay, so set it on
-        // the incoming sockets: with Nagle on, a small execute written while
-        // the runner delays its ACK waits 40 ms (seen as the pickup p99).
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)));
         tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await;
+            let mut builder = builder;
+            let router = builder.add_service(service);
+            let result = match self.bound {
+                Bound::Tcp(listener) => {
+                    // serve_with_incoming ignores the builder's tcp_nodelay, so
+                    // set it on the incoming sockets: with Nagle on, a small
+                    // execute written while the runner delays its ACK waits
+                    // 40 ms (seen as the pickup p99).
+                    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(true));
+                    router
+                        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                        .await
+                }
+                Bound::Unix(listener) => {
+                    router
+                        .serve_with_incoming_shutdown(
+                            tokio_stream::wrappers::UnixListenerStream::new(listener),
+                            stop.cancelled_owned(),
+                        )
+                        .await
+                }
+            };
             if let Err(e) = result {
                 warn!(runner, "runner listener stopped: {e}");
             }

@@ -27,8 +27,10 @@ pub struct Session {
     pub max_in_flight: usize,
     /// Runner process id (informational).
     pub pid: u32,
-    /// Token of the process the supervisor spawned; empty for external runners.
-    pub process_token: String,
+    /// How the stream authenticated: the spawn token of the process the
+    /// supervisor spawned (to kill it), none for external runners. Dropped
+    /// with the session, which frees the token for the process's next stream.
+    pub admission: crate::auth::Admission,
     /// Sender of the stream's outbound messages.
     pub tx: Outbound,
     /// Cancelled to make the session's reader end the stream.

@@ -1,7 +1,8 @@
 //! Runner processes: spawns `pool_size` copies of each runner's `cmd`,
 //! forwards their output (see [`crate::output`]), restarts them with backoff,
 //! kills one by its process token (a job ignored a cancel, or the runner was
-//! declared lost), and retires one gracefully (recycling limits).
+//! declared lost), and retires one gracefully (recycling limits). Each
+//! process gets a fresh spawn token from [`RunnerAuth`], revoked when it exits.
 //!
 //! Each runner process leads its own process group; every signal goes to the
 //! whole group, and once the runner has exited, whatever is left of its
@@ -20,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::auth::RunnerAuth;
 use crate::config::RunnerConfig;
 
 /// First restart delay; doubles per quick death.
@@ -48,8 +50,10 @@ struct Live {
     pid: Option<u32>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
+    /// Issues and revokes spawn tokens.
+    auth: Arc<RunnerAuth>,
     /// Each live process, by process token.
     live: Mutex<HashMap<String, Live>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -57,7 +61,7 @@ struct Inner {
 }
 
 /// See the module documentation. Cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Supervisor {
     inner: Arc<Inner>,
 }
@@ -69,15 +73,29 @@ pub struct Spawn {
     pub runner: String,
     /// Its configuration (with `cmd`).
     pub config: RunnerConfig,
-    /// `host:port` to dial.
+    /// Address to dial (`RRQ_ORCHESTRATOR_ADDR`): `host:port`, or
+    /// `unix:/path` for the private unix socket.
     pub addr: String,
-    /// Orchestrator instance id (makes tokens unique across restarts of the orchestrator).
-    pub instance_id: String,
     /// The orchestrator's own Redis DSN: withheld from the runner (see [`withheld_env`]).
     pub redis_dsn: String,
+    /// Variables of the orchestrator's environment that hold secrets (every
+    /// runner's `token_env`): removed from the runner's environment.
+    pub secret_env: Vec<String>,
 }
 
 impl Supervisor {
+    /// A supervisor whose processes authenticate through `auth`.
+    pub fn new(auth: Arc<RunnerAuth>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                auth,
+                live: Mutex::default(),
+                tasks: Mutex::default(),
+                stop: CancellationToken::new(),
+            }),
+        }
+    }
+
     /// Starts the pool of one runner.
     pub fn start(&self, spawn: Spawn) {
         let Some(cmd) = spawn.config.cmd.clone() else {
@@ -145,18 +163,17 @@ impl Supervisor {
     async fn keep_running(self, spawn: Spawn, cmd: Vec<String>, index: u32) {
         let label = format!("{}-{index}", spawn.runner);
         let mut delay = RESTART_MIN;
-        let mut generation = 0u64;
         while !self.inner.stop.is_cancelled() {
-            generation += 1;
-            let token = format!(
-                "{}-{label}-{generation}-{:08x}",
-                spawn.instance_id,
-                fastrand::u32(..)
-            );
             let started = Instant::now();
             let mut retired = false;
-            match start_process(&spawn, &cmd, &token, &label) {
-                Ok(child) => {
+            let auth = &self.inner.auth;
+            let started_process = auth.issue(&spawn.runner).and_then(|token| {
+                start_process(&spawn, &cmd, &token, &label)
+                    .map(|child| (child, token.clone()))
+                    .inspect_err(|_| auth.revoke(&spawn.runner, &token))
+            });
+            match started_process {
+                Ok((child, token)) => {
                     let (tx, rx) = mpsc::unbounded_channel();
                     self.inner
                         .live
@@ -175,6 +192,8 @@ impl Supervisor {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&token);
+                    // An exited process's token admits nothing more.
+                    auth.revoke(&spawn.runner, &token);
                 }
                 Err(e) => {
                     error!(runner = %spawn.runner, "cannot start runner process {:?}: {e}", cmd)
@@ -292,12 +311,18 @@ fn start_process(
     for name in withheld_env(std::env::vars_os(), &spawn.redis_dsn) {
         command.env_remove(name);
     }
+    for var in &spawn.secret_env {
+        command.env_remove(var);
+    }
     command
         .args(args)
         .envs(&spawn.config.env)
         .env("RRQ_ORCHESTRATOR_ADDR", &spawn.addr)
         .env("RRQ_RUNNER_NAME", &spawn.runner)
         .env("RRQ_RUNNER_TOKEN", token)
+        // Tells the runtime it was spawned: it exits when its stream ends
+        // (an external runner, which also has a token, reconnects instead).
+        .env("RRQ_RUNNER_SPAWNED", "1")
         .env(
             "RRQ_RUNNER_MAX_IN_FLIGHT",
             spawn.config.max_in_flight.to_string(),

@@ -38,6 +38,7 @@ impl Setup {
         let orch = Orchestrator::start_config(&redis, CONFIG, &[], &[]).await;
         let addr = orch.addrs.get("rust").cloned().expect("rust listener");
         let runner = Runner::new(registry)
+            .process_token(TOKEN)
             .runner_name("rust")
             .max_in_flight(8)
             .handle_signals(false);

@@ -191,8 +191,11 @@ class RunnerHello(_message.Message):
     pid: _builtins.int
     """Operating-system process id of the runner, for logs and supervision."""
     process_token: _builtins.str
-    """Token from RRQ_RUNNER_TOKEN, set by the orchestrator for processes it spawned
-    so it can match the stream to its child process. Empty for external runners.
+    """The secret from RRQ_RUNNER_TOKEN that authenticates this stream for
+    runner_name: a spawned process's own spawn token (random, per process), or
+    for an external runner the token configured with
+    rrq.runners.<name>.token_env. Without a token valid for runner_name the
+    orchestrator ends the stream with UNAUTHENTICATED before hello_ack.
     """
     @_builtins.property
     def handlers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -84,6 +84,7 @@ const DICTIONARY: &[&[u8]] = &[
     b"tcp_socket",
     b"max_in_flight",
     b"pool_size",
+    b"token_env",
     b"cmd = []",
     b"schedule",
     b"timezone",
@@ -212,6 +213,10 @@ fn generate(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
             if u.ratio(1, 4)? {
                 t.push_str("cmd = [\"run\", \"--x\"]\n");
             }
+            if u.ratio(1, 4)? {
+                let var = u.choose(&["MY_TOKEN", "", "1X", "A-B", "_T9", "X Y"])?;
+                t.push_str(&format!("token_env = {var:?}\n"));
+            }
         }
     }
     if u.ratio(1, 3)? {
@@ -288,6 +293,7 @@ tcp_socket = "127.0.0.1:9000"
 pool_size = 2
 max_in_flight = 8
 cwd = "/srv/app"
+token_env = "RRQ_PYTHON_RUNNER_TOKEN"
 
 [rrq.runners.python.env]
 PYTHONPATH = "/srv/app"

@@ -181,7 +181,18 @@ pub fn arbitrary_message(u: &mut Unstructured<'_>) -> arbitrary::Result<RunnerMe
                 u.arbitrary()?
             },
             pid: u.arbitrary()?,
-            process_token: short_string(u, &["", "tok-1"])?,
+            process_token: short_string(
+                u,
+                &[
+                    "",
+                    "tok-1",
+                    TOKEN_PY_EXTERNAL,
+                    TOKEN_PY_SPAWNED,
+                    TOKEN_TS_SPAWNED,
+                    TOKEN_PY_EXITED,
+                    TOKEN_NEAR_MISS,
+                ],
+            )?,
         })),
         3 => Some(runner_message::Kind::Heartbeat(Heartbeat {
             in_flight: u.arbitrary()?,
@@ -233,7 +244,19 @@ fn generate(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
     Ok(arbitrary_message(u)?.encode_to_vec())
 }
 
-/// The hello of the seeds: runner `py` with handlers echo and sleep.
+/// External token of runner `py` in the `stream` target.
+pub const TOKEN_PY_EXTERNAL: &str = "fuzz-external-token-of-py-0123456789";
+/// A live spawn token of runner `py` in the `stream` target.
+pub const TOKEN_PY_SPAWNED: &str = "fuzz-spawn-token-of-py-0123456789abcdef";
+/// A live spawn token of runner `ts` in the `stream` target.
+pub const TOKEN_TS_SPAWNED: &str = "fuzz-spawn-token-of-ts-0123456789abcdef";
+/// A spawn token of `py` whose process exited (revoked).
+pub const TOKEN_PY_EXITED: &str = "fuzz-spawn-token-of-py-exited-0123456789";
+/// `TOKEN_PY_EXTERNAL` with its last byte changed.
+pub const TOKEN_NEAR_MISS: &str = "fuzz-external-token-of-py-012345678X";
+
+/// The hello of the seeds: runner `py` with handlers echo and sleep, with
+/// `py`'s external token.
 pub fn hello(max_in_flight: u32) -> RunnerMessage {
     RunnerMessage {
         kind: Some(runner_message::Kind::Hello(RunnerHello {
@@ -243,7 +266,7 @@ pub fn hello(max_in_flight: u32) -> RunnerMessage {
             handlers: vec!["echo".to_owned(), "sleep".to_owned()],
             max_in_flight,
             pid: 4242,
-            process_token: String::new(),
+            process_token: TOKEN_PY_EXTERNAL.to_owned(),
         })),
     }
 }

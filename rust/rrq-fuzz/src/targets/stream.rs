@@ -25,7 +25,13 @@
 //! The runtime is current-thread on a paused clock, so job deadlines, the
 //! cancel grace and the heartbeat silence fire instantly and in order.
 //!
-//! Checks besides no panic/hang: the first message out is the only
+//! Authentication: the endpoint knows `py`'s external token, live spawn
+//! tokens of `py` and `ts` and a revoked one of `py` (see `frame::TOKEN_*`);
+//! hellos carry those, near misses, other runners' tokens or random ones.
+//!
+//! Checks besides no panic/hang: a hello without a token valid for its
+//! runner never gets a `hello_ack` or a session (UNAUTHENTICATED), and the
+//! status never shows the token; the first message out is the only
 //! `hello_ack`; every `execute` carries a job that was claimed, with its
 //! runner prefix stripped and a deadline after the claim; every status a
 //! runner sees is one the protocol names (in particular a frame over the size
@@ -43,6 +49,7 @@ use arbitrary::Unstructured;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use prost::Message as _;
+use rrq::auth::RunnerAuth;
 use rrq::config::Config;
 use rrq::dispatcher::{Claimed, Dispatcher};
 use rrq::scheduler::Wake;
@@ -497,6 +504,7 @@ impl http_body::Body for ScenarioBody {
 
 /// Statuses `connect` may end with (before any hello_ack).
 const CONNECT_CODES: &[Code] = &[
+    Code::Unauthenticated,
     Code::InvalidArgument,
     Code::FailedPrecondition,
     Code::NotFound,
@@ -505,6 +513,40 @@ const CONNECT_CODES: &[Code] = &[
     Code::ResourceExhausted,
     Code::Unknown,
 ];
+
+/// The (runner, token) pairs the endpoint admits; every other pair is refused.
+const VALID_TOKENS: &[(&str, &str)] = &[
+    ("py", frame::TOKEN_PY_EXTERNAL),
+    ("py", frame::TOKEN_PY_SPAWNED),
+    ("ts", frame::TOKEN_TS_SPAWNED),
+];
+
+/// The first gRPC message of the inbound body as the server decodes it: the
+/// data chunks up to the first trailers, error or stall, concatenated.
+fn first_message(steps: &[Step]) -> Option<RunnerMessage> {
+    let mut body = Vec::new();
+    for step in steps {
+        match step {
+            Step::Frame(m) => body.extend(framed(m)),
+            Step::Raw(b) => body.extend_from_slice(b),
+            Step::Frames(ms) => ms.iter().for_each(|m| body.extend(framed(m))),
+            Step::Event(_) | Step::Sleep(_) => continue,
+            Step::Trailers | Step::Error | Step::Stall => break,
+        }
+        if body.len() >= 5 {
+            let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+            if body.len() >= 5 + len {
+                break;
+            }
+        }
+    }
+    let (&flag, rest) = body.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    if flag != 0 {
+        return None;
+    }
+    RunnerMessage::decode(rest.get(4..4 + len)?).ok()
+}
 
 /// Statuses that may end an accepted stream.
 const STREAM_CODES: &[Code] = &[
@@ -536,11 +578,23 @@ async fn drive(steps: Vec<Step>) -> Result<(), String> {
         redis::aio::ConnectionManagerConfig::new(),
     )
     .map_err(|e| e.to_string())?;
+    let auth = Arc::new(RunnerAuth::with_external([(
+        "py".to_owned(),
+        frame::TOKEN_PY_EXTERNAL.to_owned(),
+    )]));
+    auth.insert_spawn_token("py", frame::TOKEN_PY_SPAWNED.to_owned());
+    auth.insert_spawn_token("ts", frame::TOKEN_TS_SPAWNED.to_owned());
+    auth.insert_spawn_token("py", frame::TOKEN_PY_EXITED.to_owned());
+    auth.revoke("py", frame::TOKEN_PY_EXITED);
+    let first_hello = first_message(&steps).and_then(|m| match m.kind {
+        Some(rrq_proto::v1::runner_message::Kind::Hello(h)) => Some(h),
+        _ => None,
+    });
     let dispatcher = Dispatcher::new(
         cfg.clone(),
         "fuzz-owner".to_owned(),
         Settler::start(Store::new(conn, rrq_store::Namespace::default())),
-        Supervisor::default(),
+        Supervisor::new(auth.clone()),
         Arc::new(Wake::default()),
         None,
     );
@@ -566,13 +620,26 @@ async fn drive(steps: Vec<Step>) -> Result<(), String> {
     let endpoint = Endpoint::new(
         cfg.clone(),
         dispatcher.clone(),
+        auth.clone(),
         "fuzz-orchestrator".to_owned(),
         "py".to_owned(),
     );
+    let hello_is_valid = first_hello.as_ref().is_some_and(|h| {
+        VALID_TOKENS.contains(&(h.runner_name.as_str(), h.process_token.as_str()))
+    });
     match endpoint.connect(Request::new(inbound)).await {
         Err(status) => {
             if tracing() {
                 eprintln!("stream: connect {:?}: {}", status.code(), status.message());
+            }
+            if let Some(h) = &first_hello
+                && h.process_token.len() >= 8
+                && status.message().contains(&h.process_token)
+            {
+                ctx.violate(format!("the status shows the token: {}", status.message()));
+            }
+            if status.code() == Code::Unauthenticated && hello_is_valid {
+                ctx.violate(format!("a valid token was refused: {}", status.message()));
             }
             if !CONNECT_CODES.contains(&status.code()) {
                 ctx.violate(format!(
@@ -583,6 +650,14 @@ async fn drive(steps: Vec<Step>) -> Result<(), String> {
             }
         }
         Ok(response) => {
+            if !hello_is_valid {
+                ctx.violate(format!(
+                    "a hello without a valid token was accepted: {:?}",
+                    first_hello
+                        .as_ref()
+                        .map(|h| (&h.runner_name, &h.process_token))
+                ));
+            }
             let mut outbound = response.into_inner();
             let mut first = true;
             while let Some(item) = outbound.next().await {
@@ -697,7 +772,24 @@ fn generate(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
     }
     if u.ratio(7, 8)? {
         let hello = if u.ratio(3, 4)? {
-            frame::hello(u.int_in_range(1..=4)?)
+            let mut m = frame::hello(u.int_in_range(1..=4)?);
+            // A third of the well-formed hellos present another runner's,
+            // a revoked, a near-miss or a random token instead of py's own.
+            if u.ratio(1, 3)?
+                && let Some(rrq_proto::v1::runner_message::Kind::Hello(h)) = &mut m.kind
+            {
+                h.process_token = frame::short_string(
+                    u,
+                    &[
+                        "",
+                        frame::TOKEN_TS_SPAWNED,
+                        frame::TOKEN_PY_EXITED,
+                        frame::TOKEN_NEAR_MISS,
+                        frame::TOKEN_PY_SPAWNED,
+                    ],
+                )?;
+            }
+            m
         } else {
             frame::arbitrary_message(u)?
         };
@@ -780,6 +872,14 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
     if let Some(rrq_proto::v1::runner_message::Kind::Hello(h)) = &mut zero_slots.kind {
         h.max_in_flight = 0;
     }
+    let with_token = |runner: &str, token: &str| {
+        let mut m = frame::hello(4);
+        if let Some(rrq_proto::v1::runner_message::Kind::Hello(h)) = &mut m.kind {
+            runner.clone_into(&mut h.runner_name);
+            token.clone_into(&mut h.process_token);
+        }
+        msg(&m)
+    };
     let scripts: Vec<(&str, Vec<Step>)> = vec![
         (
             "happy-path",
@@ -906,6 +1006,54 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         ),
         ("heartbeat-first", vec![hb.clone(), hello.clone()]),
         ("bad-version", vec![msg(&bad_version)]),
+        // Authentication: a forged runner knocks while jobs wait for `py`.
+        (
+            "auth-no-token",
+            vec![
+                dispatch(&[[1, 0, 0, 0]]),
+                with_token("py", ""),
+                ok("j1", 1),
+                observe.clone(),
+            ],
+        ),
+        (
+            "auth-wrong-token",
+            vec![
+                dispatch(&[[1, 0, 0, 0]]),
+                with_token("py", frame::TOKEN_NEAR_MISS),
+                ok("j1", 1),
+            ],
+        ),
+        (
+            "auth-other-runners-token",
+            vec![
+                dispatch(&[[1, 0, 0, 0]]),
+                with_token("py", frame::TOKEN_TS_SPAWNED),
+                ok("j1", 1),
+            ],
+        ),
+        (
+            "auth-exited-process-token",
+            vec![
+                dispatch(&[[1, 0, 0, 0]]),
+                with_token("py", frame::TOKEN_PY_EXITED),
+                ok("j1", 1),
+            ],
+        ),
+        (
+            "auth-spawn-token",
+            vec![
+                dispatch(&[[1, 0, 0, 0]]),
+                with_token("py", frame::TOKEN_PY_SPAWNED),
+                ok("j1", 1),
+                with_token("py", frame::TOKEN_PY_SPAWNED),
+                observe.clone(),
+            ],
+        ),
+        (
+            "auth-ts-spawn-token",
+            vec![with_token("ts", frame::TOKEN_TS_SPAWNED), hb.clone()],
+        ),
         ("unknown-runner", vec![msg(&unknown_runner)]),
         ("zero-slots", vec![msg(&zero_slots)]),
         ("no-hello", vec![Step::Stall]),

@@ -23,6 +23,39 @@ use tokio_stream::wrappers::ReceiverStream;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// The orchestrator's variable holding the external runners' token: every
+/// runner table of a test config gets `token_env` naming it.
+pub const TOKEN_ENV: &str = "RRQ_TEST_RUNNER_TOKEN";
+/// The external runners' token of the tests.
+pub const TOKEN: &str = "test-external-runner-token-0123456789";
+
+/// `config` with `token_env = TOKEN_ENV` in every `[rrq.runners.<name>]`
+/// table that does not name its own (external test runners present [`TOKEN`]).
+pub fn with_runner_tokens(config: &str) -> String {
+    let mut out = String::with_capacity(config.len() + 64);
+    let mut pending = false;
+    for line in config.lines() {
+        let header = line.trim_start().starts_with('[');
+        if header && pending {
+            out.push_str(&format!("token_env = \"{TOKEN_ENV}\"\n"));
+            pending = false;
+        }
+        if line.contains("token_env") {
+            pending = false;
+        }
+        out.push_str(line);
+        out.push('\n');
+        let t = line.trim();
+        if t.starts_with("[rrq.runners.") && t.matches('.').count() == 2 {
+            pending = true;
+        }
+    }
+    if pending {
+        out.push_str(&format!("token_env = \"{TOKEN_ENV}\"\n"));
+    }
+    out
+}
+
 #[allow(unused_imports)] // used by some test binaries only
 pub use rrq_testkit::free_port;
 
@@ -57,6 +90,45 @@ pub struct Orchestrator {
     pub addr: String,
     /// `runner name -> host:port` of every listener.
     pub addrs: std::collections::BTreeMap<String, String>,
+    /// Every stderr line so far.
+    pub log: Log,
+}
+
+/// Lines of a process's output, with a wait for one to appear.
+#[derive(Clone, Default)]
+pub struct Log(std::sync::Arc<(std::sync::Mutex<Vec<String>>, std::sync::Condvar)>);
+
+impl Log {
+    fn push(&self, line: String) {
+        self.0.0.lock().unwrap().push(line);
+        self.0.1.notify_all();
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.0.lock().unwrap().clone()
+    }
+
+    /// Waits until `count` lines contain `needle`.
+    pub async fn wait_for(&self, needle: &str, count: usize) {
+        let log = self.clone();
+        let needle = needle.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let (lines, changed) = &*log.0;
+            let guard = lines.lock().unwrap();
+            let (_guard, timeout) = changed
+                .wait_timeout_while(guard, WAIT, |l| {
+                    l.iter().filter(|x| x.contains(&needle)).count() < count
+                })
+                .unwrap();
+            assert!(
+                !timeout.timed_out(),
+                "no {count} log line(s) with {needle:?}"
+            );
+        })
+        .await
+        .unwrap();
+    }
 }
 
 impl Orchestrator {
@@ -87,22 +159,26 @@ impl Orchestrator {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("rrq.toml");
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, with_runner_tokens(config)).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_rrq"))
             .args(["worker", "run", "--config"])
             .arg(&path)
             .args(args)
             .env("RRQ_REDIS_DSN", redis.dsn())
             .env("RUST_LOG", "info,rrq=debug")
+            .env(TOKEN_ENV, TOKEN)
             .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std_mpsc::channel();
+        let log = Log::default();
+        let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[rrq] {line}");
+                sink.push(line.clone());
                 if let Some(rest) = line.split("rrq orchestrator ready").nth(1) {
                     let _ = tx.send(rest.to_owned());
                 }
@@ -128,6 +204,7 @@ impl Orchestrator {
             dir,
             addr,
             addrs,
+            log,
         }
     }
 }
@@ -154,6 +231,16 @@ impl TestRunner {
     }
 
     pub async fn connect_as(addr: &str, runner_name: &str, handlers: &[&str]) -> Self {
+        Self::connect_with(addr, runner_name, handlers, TOKEN).await
+    }
+
+    /// A runner presenting `token` in its hello.
+    pub async fn connect_with(
+        addr: &str,
+        runner_name: &str,
+        handlers: &[&str],
+        token: &str,
+    ) -> Self {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
@@ -169,7 +256,7 @@ impl TestRunner {
                 handlers: handlers.iter().map(|h| (*h).to_owned()).collect(),
                 max_in_flight: 4,
                 pid: std::process::id(),
-                process_token: String::new(),
+                process_token: token.to_owned(),
             })),
         })
         .await
