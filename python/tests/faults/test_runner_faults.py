@@ -299,7 +299,7 @@ async def test_f14_malformed_runner_messages(
     assert codes == {
         "not_hello": grpc.StatusCode.INVALID_ARGUMENT,
         "protocol_99": grpc.StatusCode.FAILED_PRECONDITION,
-        "unknown_runner": grpc.StatusCode.NOT_FOUND,
+        "unknown_runner": grpc.StatusCode.UNAUTHENTICATED,
     }
     assert_alive(orch, orch_pid)
 

@@ -156,11 +156,20 @@ impl Endpoint {
             ));
         }
         if !self.cfg.runners.contains_key(&hello.runner_name) {
+            // Answered as any other refused credential: a stream that has not
+            // authenticated learns nothing of the configuration (not even
+            // which runner names exist); the operator's log says what happened.
             let names: Vec<&str> = self.cfg.runners.keys().map(String::as_str).collect();
-            return Err(Status::not_found(format!(
-                "no runner named {:?} is configured (configured: {})",
+            warn!(
+                "runner refused: no runner named {:?} is configured (configured: {}; pid={} listener={})",
                 hello.runner_name,
-                names.join(", ")
+                names.join(", "),
+                hello.pid,
+                self.listener_runner
+            );
+            return Err(Status::unauthenticated(format!(
+                "no token is valid for runner {:?}",
+                hello.runner_name
             )));
         }
         self.auth
