@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import python_env
 from rrq.testing import RedisServer
 
 from .conftest import Harness, config_text
 
 
 def run_orchestrator(harness: Harness, config: Path) -> subprocess.CompletedProcess[str]:
+    """``rrq worker run --burst`` in the environment the harness gives its
+    orchestrators (with the external runners' token that the config names)."""
     return subprocess.run(
         [harness.binary, "worker", "run", "--config", str(config), "--burst"],
         capture_output=True,
@@ -20,6 +23,7 @@ def run_orchestrator(harness: Harness, config: Path) -> subprocess.CompletedProc
         timeout=20,
         cwd=harness.dir,
         check=False,
+        env=python_env(),
     )
 
 

@@ -48,6 +48,7 @@ async fn poisoned_outcomes_end_their_own_jobs_only() {
         }
     });
     let runner = Runner::new(registry)
+        .process_token(TOKEN)
         .runner_name("rust")
         .max_in_flight(8)
         .handle_signals(false);
