@@ -39,13 +39,16 @@ impl Logged {
         let path = dir.join("rrq.toml");
         std::fs::write(
             &path,
-            "[rrq]\nredis_dsn = \"redis://127.0.0.1:1/0\"\ndefault_runner_name = \"python\"\n\
-             [rrq.runners.python]\nmax_in_flight = 4\n",
+            with_runner_tokens(
+                "[rrq]\nredis_dsn = \"redis://127.0.0.1:1/0\"\ndefault_runner_name = \"python\"\n\
+                 [rrq.runners.python]\nmax_in_flight = 4\n",
+            ),
         )
         .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_rrq"))
             .args(["worker", "run", "--config"])
             .arg(&path)
+            .env(TOKEN_ENV, TOKEN)
             .env("RRQ_REDIS_DSN", dsn)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
