@@ -3,6 +3,10 @@
 //! The code under `src/gen/` is produced by `cargo run -p rrq-gen` from
 //! `proto/rrq/v1/*.proto` and committed; never edit it by hand.
 
+/// Caps on an attempt's error text, applied the same way by the orchestrator
+/// and the Rust runner (the marker format is part of the protocol).
+pub mod error_text;
+
 /// Numeric limits shared by every producer, runner, the orchestrator and the
 /// Lua scripts (generated from `rust/rrq-store/limits.toml` by `make gen`).
 pub mod limits;

@@ -11,7 +11,6 @@
 //!   external runners and exiting spawned ones when their stream ends;
 //! - `session`: one connected stream: executes, cancels, batched outcomes,
 //!   heartbeats (private);
-//! - `error_text`: error text cut to the orchestrator's caps (private);
 //! - `strict`: JSON encoding that rejects NaN and infinities (private);
 //! - [`error`]: the crate's [`Error`], why a runner could not run.
 //!
@@ -29,7 +28,6 @@
 //! ```
 
 pub mod error;
-mod error_text;
 pub mod handler;
 pub mod runner;
 mod session;

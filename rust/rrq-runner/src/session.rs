@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use tracing::{debug, info, warn};
 
-use crate::error_text::{MAX_ERROR_TYPE_BYTES, cut_head, cut_tail};
 use crate::handler::{ExecutionRequest, HandlerError, Registry};
+use rrq_proto::error_text::{MAX_ERROR_TYPE_BYTES, cut_head, cut_tail};
 
 /// Longest retry delay the orchestrator accepts: MAX_DURATION_MS, 3,650 days
 /// (rust/rrq-store/limits.toml; docs/protocol.md).
@@ -410,18 +410,21 @@ fn frames(outcomes: Vec<Outcome>) -> Vec<Vec<Outcome>> {
     out
 }
 
-/// `result` with its error text cut to `cap` bytes per field (0: no cap).
+/// `result` with its error text cut to `cap` bytes per field (0: no cap),
+/// as the orchestrator cuts it (`rrq_proto::error_text`).
 fn bound_error_text(result: outcome::Result, cap: usize) -> outcome::Result {
+    let cap = if cap == 0 { usize::MAX } else { cap };
+    let head = |text: String, cap: usize| cut_head(&text, cap).into_owned();
     match result {
         outcome::Result::Retry(r) => outcome::Result::Retry(Retry {
             delay_ms: r.delay_ms,
-            message: cut_head(r.message, cap),
+            message: head(r.message, cap),
         }),
         outcome::Result::Failure(f) => outcome::Result::Failure(Failure {
             kind: f.kind,
-            error_type: cut_head(f.error_type, MAX_ERROR_TYPE_BYTES),
-            message: cut_head(f.message, cap),
-            traceback: cut_tail(f.traceback, cap),
+            error_type: head(f.error_type, MAX_ERROR_TYPE_BYTES),
+            message: head(f.message, cap),
+            traceback: cut_tail(&f.traceback, cap).into_owned(),
         }),
         other => other,
     }

@@ -28,7 +28,7 @@ pub mod discovery;
 pub mod dispatcher;
 pub mod epoch;
 pub mod error;
-pub mod error_text;
+pub use rrq_proto::error_text;
 pub mod health;
 pub mod lease;
 pub mod logging;

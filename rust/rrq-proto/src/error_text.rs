@@ -7,9 +7,10 @@
 //! Redis write. The orchestrator cuts both here, before anything reaches a
 //! settle, on a UTF-8 character boundary, and says what it cut.
 //!
-//! The runners cut the same way before sending (docs/protocol.md). A text at
-//! most [`MARKER_ROOM`] bytes over its cap is kept as it is: that is room for
-//! a runner's own marker, so a runner-cut text is not cut (and marked) twice.
+//! The runners cut the same way before sending (docs/protocol.md), so the
+//! Rust runner and the orchestrator share this module. A text at most
+//! [`MARKER_ROOM`] bytes over its cap is kept as it is: that is room for a
+//! runner's own marker, so a runner-cut text is not cut (and marked) twice.
 
 use std::borrow::Cow;
 
