@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from conftest import TESTS_DIR, external_runner_env
+from conftest import EXTERNAL_TOKEN_ENV, TESTS_DIR, external_runner_env
 from rrq.store import DEFAULT_KEYS, QUEUES_KEY, EnqueueArgs, _enqueue_call
 from rrq.testing import ProcessLog
 
@@ -66,7 +66,8 @@ assert len(PARAMS_200) == 200
 def external_config(
     directory: Path, redis_dsn: str, port: int, *, max_in_flight: int, **overrides: object
 ) -> Path:
-    """An rrq.toml whose runner has no ``cmd``: runners dial ``127.0.0.1:<port>`` themselves."""
+    """An rrq.toml whose runner has no ``cmd``: runners dial ``127.0.0.1:<port>``
+    themselves, presenting the tests' external token (``token_env``)."""
     settings = {**TIMINGS, **overrides}
     lines = "\n".join(
         f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items()
@@ -83,6 +84,7 @@ default_runner_name = "python"
 type = "socket"
 tcp_socket = "127.0.0.1:{port}"
 max_in_flight = {max_in_flight}
+token_env = "{EXTERNAL_TOKEN_ENV}"
 """,
         encoding="utf-8",
     )
