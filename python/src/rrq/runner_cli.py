@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--connect",
-        metavar="HOST:PORT",
+        metavar="HOST:PORT|unix:PATH",
         help="orchestrator address (default: $RRQ_ORCHESTRATOR_ADDR)",
     )
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * `rrq-ts-runner --settings ./runner.js [--connect HOST:PORT]`: starts a
+ * `rrq-ts-runner --settings ./runner.js [--connect HOST:PORT|unix:PATH]`: starts a
  * TypeScript runner process.
  *
  * The settings module (a path relative to the current directory) exports
@@ -20,7 +20,7 @@ class SettingsError extends Error {}
 
 function usage(message: string): never {
   process.stderr.write(
-    `rrq-ts-runner: error: ${message}\nusage: rrq-ts-runner --settings ./runner.js [--connect HOST:PORT]\n`,
+    `rrq-ts-runner: error: ${message}\nusage: rrq-ts-runner --settings ./runner.js [--connect HOST:PORT|unix:PATH]\n`,
   );
   process.exit(EXIT_USAGE);
 }
@@ -70,7 +70,7 @@ async function main(): Promise<number> {
     usage((error as Error).message);
   }
   if (values.help) {
-    process.stdout.write("usage: rrq-ts-runner --settings ./runner.js [--connect HOST:PORT]\n");
+    process.stdout.write("usage: rrq-ts-runner --settings ./runner.js [--connect HOST:PORT|unix:PATH]\n");
     return 0;
   }
   if (!values.settings) usage("--settings is required");
