@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import importlib.util
 import json
 import os
 import shutil
@@ -171,10 +172,17 @@ size_t nallocx(size_t n, int flags) { (void)flags; return n; }
 
 
 def find_libfaketime() -> str:
-    """``$RRQ_LIBFAKETIME``, or Debian's ``libfaketime`` package (``apt install faketime``)."""
+    """``$RRQ_LIBFAKETIME``, else the library the pinned ``libfaketime`` dev
+    package ships (python/requirements-dev.txt: the same build on every
+    machine), else Debian's (``apt install faketime``)."""
     explicit = os.environ.get("RRQ_LIBFAKETIME")
     if explicit:
         return explicit
+    spec = importlib.util.find_spec("libfaketime")
+    if spec is not None and spec.origin is not None:
+        shipped = Path(spec.origin).parent / "vendor" / "libfaketime" / "src" / "libfaketime.so.1"
+        if shipped.is_file():
+            return str(shipped)
     for root, pattern in (
         ("/usr/lib", "*/faketime/libfaketime.so.1"),
         ("/usr/lib", "faketime/libfaketime.so.1"),
@@ -183,7 +191,10 @@ def find_libfaketime() -> str:
         found = sorted(Path(root).glob(pattern))
         if found:
             return str(found[0])
-    pytest.fail("F29 needs libfaketime: apt install faketime (or set RRQ_LIBFAKETIME)")
+    pytest.fail(
+        "F29 needs libfaketime: make setup installs it (python/requirements-dev.txt), "
+        "or apt install faketime, or set RRQ_LIBFAKETIME"
+    )
 
 
 def build_malloc_shim(directory: Path) -> Path:
