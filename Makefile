@@ -24,12 +24,18 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-setup: $(PY) typescript/node_modules ## Create .venv, install the rrq package (orchestrator built and bundled), dev tools and npm packages
+# The pinned dev tools (codegen, lint, test libraries), installed again when
+# their list changes: every target that runs one of them depends on this.
+DEV_TOOLS := $(VENV)/.dev-tools
+$(DEV_TOOLS): python/requirements-dev.txt | $(PY)
 	$(BIN)/pip install -q -r python/requirements-dev.txt
+	touch $@
+
+setup: $(DEV_TOOLS) typescript/node_modules ## Create .venv, install the rrq package (orchestrator built and bundled), dev tools and npm packages
 	$(BIN)/pip install -q -e ./python
 	@$(BIN)/rrq --version
 
-gen: $(PY) typescript/node_modules ## Regenerate code from proto/, write the shared limits and copy the Lua scripts to every producer
+gen: $(DEV_TOOLS) typescript/node_modules ## Regenerate code from proto/, write the shared limits and copy the Lua scripts to every producer
 	$(PY) tools/gen_shared.py
 	PATH="$(BIN):$$PATH" tools/gen_python.sh
 	$(RUST) $(CARGO) run -q -p rrq-gen
@@ -54,7 +60,7 @@ gen-check: gen ## Fail when generated code or Lua copies are stale
 	@for p in python/src/rrq/v1 python/src/rrq/lua rust/rrq-proto/src/gen typescript/src/gen; do \
 	  test -n "$$(git ls-files "$$p")" || { echo ".gitattributes pattern $$p matches no file" >&2; exit 1; }; done
 
-lint: $(PY) ## Lint everything (never edits files)
+lint: $(DEV_TOOLS) typescript/node_modules ## Lint everything (never edits files)
 	$(BIN)/buf lint
 	$(BIN)/buf format -d --exit-code
 	$(RUST) $(CARGO) fmt --all --check
@@ -66,7 +72,7 @@ lint: $(PY) ## Lint everything (never edits files)
 	$(BIN)/mypy --strict conformance-tests/harness conformance-tests/runners/python
 	npm --prefix typescript run --silent typecheck
 
-fmt: $(PY) ## Format all code
+fmt: $(DEV_TOOLS) ## Format all code
 	$(BIN)/buf format -w
 	$(RUST) $(CARGO) fmt --all
 	cd python && $(BIN)/ruff format . && $(BIN)/ruff check --fix .
@@ -80,20 +86,20 @@ test: setup gen-check lint build test-rust test-python test-typescript conforman
 test-rust: ## Rust unit and integration tests
 	$(RUST) $(CARGO) test -q --workspace
 
-test-python: build ## Python tests against a real Redis and the real orchestrator
+test-python: setup build ## Python tests against a real Redis and the real orchestrator
 	cd python && RRQ_BIN=$(RRQ_BIN) $(BIN)/pytest -q
 
-test-typescript: build ## TypeScript tests (node:test) against a real Redis and the real orchestrator
+test-typescript: setup build ## TypeScript tests (node:test) against a real Redis and the real orchestrator
 	RRQ_BIN=$(RRQ_BIN) npm --prefix typescript test
 
-conformance: build ## Every runner language against the real orchestrator: prints the scenario x language matrix
+conformance: setup build ## Every runner language against the real orchestrator: prints the scenario x language matrix
 	RRQ_BIN=$(RRQ_BIN) $(PY) conformance-tests/harness/run.py
 
 FUZZ_SECONDS ?= 60
 fuzz: ## F30 wire-format fuzzing of the Rust decoders, FUZZ_SECONDS each (the Python runner's decoder is fuzzed in `make faults`)
 	$(RUST) $(CARGO) run -q --profile fuzz -p rrq-fuzz -- --target all --seconds $(FUZZ_SECONDS)
 
-faults: build ## Every fault-matrix row (docs/guarantees.md) with its checker line; the quick rows also run in test-python
+faults: setup build ## Every fault-matrix row (docs/guarantees.md) with its checker line; the quick rows also run in test-python
 	cd python && RRQ_BIN=$(RRQ_BIN) $(BIN)/pytest -q -s -m faults tests/faults
 
 demo: setup ## Set everything up and run a real demo (private Redis, orchestrator, Python runner)
@@ -105,10 +111,10 @@ bench: setup build ## Throughput, latency percentiles and memory
 bench-compare: setup build ## The same workloads through RRQ, BullMQ, SAQ and arq (installed in .rrq/bench-peers), with ratios
 	RRQ_BIN=$(RRQ_BIN) $(PY) tools/bench_compare.py
 
-bench-lua: $(PY) ## Redis instructions per job spent in the Lua scripts, by callgrind (repeatable, unlike timings)
+bench-lua: $(DEV_TOOLS) ## Redis instructions per job spent in the Lua scripts, by callgrind (repeatable, unlike timings)
 	$(PY) tools/lua_profile.py
 
-proto-breaking: $(PY) ## Check proto/ for breaking changes against main
+proto-breaking: $(DEV_TOOLS) ## Check proto/ for breaking changes against main
 	$(BIN)/buf breaking --against '.git#branch=main'
 
 clean: ## Remove build outputs
