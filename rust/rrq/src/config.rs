@@ -354,21 +354,21 @@ impl Config {
             }
         })?;
         let config = file.rrq;
-        config
-            .validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
-                origin: origin.to_owned(),
-                key,
-                message,
-            })?;
+        config.validate(origin)?;
         Ok(config)
     }
 
-    /// Checks ranges and cross references; returns the failing key and why.
-    fn validate(&self) -> Result<(), (String, String)> {
+    /// Checks ranges and cross references: the first failure, as a
+    /// [`ConfigError::Invalid`] naming `origin` and the key.
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key,
+            message,
+        };
         let key = |k: &str| format!("rrq.{k}");
         if let Err(e) = rrq_store::Namespace::new(&self.key_prefix, 0) {
-            return Err((key("key_prefix"), e.to_string()));
+            return Err(invalid(key("key_prefix"), e.to_string()));
         }
         let positive = [
             (
@@ -404,7 +404,7 @@ impl Config {
             // Durations are built from these; a non-finite or huge value would
             // panic in Duration::from_secs_f64, so bound them here.
             if !(value.is_finite() && value > 0.0 && value <= MAX_SECONDS) {
-                return Err((
+                return Err(invalid(
                     key(name),
                     format!("must be a number of seconds > 0 and <= {MAX_SECONDS}, got {value}"),
                 ));
@@ -424,14 +424,14 @@ impl Config {
         ];
         for (name, value) in non_negative {
             if !(value.is_finite() && (0.0..=MAX_SECONDS).contains(&value)) {
-                return Err((
+                return Err(invalid(
                     key(name),
                     format!("must be a number of seconds >= 0 and <= {MAX_SECONDS}, got {value}"),
                 ));
             }
         }
         if self.lease_renew_interval_seconds >= self.lease_seconds {
-            return Err((
+            return Err(invalid(
                 key("lease_renew_interval_seconds"),
                 format!(
                     "must be less than lease_seconds ({}), got {}",
@@ -441,7 +441,7 @@ impl Config {
         }
         // Two intervals at least: one late heartbeat must not drop a runner.
         if self.runner_heartbeat_timeout_seconds < 2.0 * self.runner_heartbeat_interval_seconds {
-            return Err((
+            return Err(invalid(
                 key("runner_heartbeat_timeout_seconds"),
                 format!(
                     "must be at least twice runner_heartbeat_interval_seconds ({}), got {}",
@@ -450,14 +450,17 @@ impl Config {
             ));
         }
         if self.max_payload_bytes == 0 || self.max_payload_bytes > i64::MAX as u64 {
-            return Err((key("max_payload_bytes"), "must be at least 1".to_owned()));
+            return Err(invalid(
+                key("max_payload_bytes"),
+                "must be at least 1".to_owned(),
+            ));
         }
         for (name, value) in [
             ("max_error_message_bytes", self.max_error_message_bytes),
             ("max_traceback_bytes", self.max_traceback_bytes),
         ] {
             if !ERROR_TEXT_BYTES.contains(&value) {
-                return Err((
+                return Err(invalid(
                     key(name),
                     format!(
                         "must be between {} and {} bytes, got {value}",
@@ -468,15 +471,18 @@ impl Config {
             }
         }
         if self.default_queue_name.is_empty() {
-            return Err((key("default_queue_name"), "must not be empty".to_owned()));
+            return Err(invalid(
+                key("default_queue_name"),
+                "must not be empty".to_owned(),
+            ));
         }
         if self.redis_dsn.is_empty() {
-            return Err((key("redis_dsn"), "must not be empty".to_owned()));
+            return Err(invalid(key("redis_dsn"), "must not be empty".to_owned()));
         }
         if let Some(name) = &self.default_runner_name
             && !self.runners.contains_key(name)
         {
-            return Err((
+            return Err(invalid(
                 key("default_runner_name"),
                 format!(
                     "names runner {name:?}, which is not configured{}",
@@ -486,7 +492,7 @@ impl Config {
         }
         for (queue, runner) in &self.runner_routes {
             if !self.runners.contains_key(runner) {
-                return Err((
+                return Err(invalid(
                     format!("rrq.runner_routes.{queue}"),
                     format!(
                         "names runner {runner:?}, which is not configured{}",
@@ -499,7 +505,7 @@ impl Config {
         for (name, runner) in &self.runners {
             let rkey = |k: &str| format!("rrq.runners.{name}.{k}");
             if name.is_empty() || name.contains('#') {
-                return Err((
+                return Err(invalid(
                     format!("rrq.runners.{name}"),
                     "a runner name must be non-empty and must not contain '#'".to_owned(),
                 ));
@@ -507,17 +513,19 @@ impl Config {
             if let Some(cmd) = &runner.cmd
                 && cmd.first().is_none_or(|program| program.is_empty())
             {
-                return Err((
+                return Err(invalid(
                     rkey("cmd"),
                     "must name a program to run (got an empty command)".to_owned(),
                 ));
             }
-            let addr = runner.listen_addr().map_err(|m| (rkey("tcp_socket"), m))?;
+            let addr = runner
+                .listen_addr()
+                .map_err(|m| invalid(rkey("tcp_socket"), m))?;
             if let Some(addr) = addr.tcp()
                 && addr.port() != 0
                 && let Some(other) = fixed_addrs.insert(addr, name)
             {
-                return Err((
+                return Err(invalid(
                     rkey("tcp_socket"),
                     format!("{addr} is already used by runner {other:?}"),
                 ));
@@ -525,7 +533,7 @@ impl Config {
             if let Some(var) = &runner.token_env
                 && !is_env_var_name(var)
             {
-                return Err((
+                return Err(invalid(
                     rkey("token_env"),
                     format!(
                         "must name an environment variable (letters, digits, '_', not starting with a digit), got {var:?}"
@@ -533,33 +541,42 @@ impl Config {
                 ));
             }
             if runner.pool_size == 0 {
-                return Err((rkey("pool_size"), "must be at least 1".to_owned()));
+                return Err(invalid(rkey("pool_size"), "must be at least 1".to_owned()));
             }
             if runner.max_in_flight == 0 {
-                return Err((rkey("max_in_flight"), "must be at least 1".to_owned()));
+                return Err(invalid(
+                    rkey("max_in_flight"),
+                    "must be at least 1".to_owned(),
+                ));
             }
             let spawned_only =
                 "applies only to runner processes the orchestrator spawns; set `cmd`";
             if let Some(n) = runner.max_jobs_per_runner {
                 if !(1..=1_000_000_000).contains(&n) {
-                    return Err((
+                    return Err(invalid(
                         rkey("max_jobs_per_runner"),
                         format!("must be between 1 and 1000000000 (got {n})"),
                     ));
                 }
                 if runner.cmd.is_none() {
-                    return Err((rkey("max_jobs_per_runner"), spawned_only.to_owned()));
+                    return Err(invalid(
+                        rkey("max_jobs_per_runner"),
+                        spawned_only.to_owned(),
+                    ));
                 }
             }
             if let Some(ByteSize(b)) = runner.max_memory_per_runner {
                 if !(MIN_RUNNER_MEMORY..=MAX_RUNNER_MEMORY).contains(&b) {
-                    return Err((
+                    return Err(invalid(
                         rkey("max_memory_per_runner"),
                         format!("must be between 16MiB and 1TiB (got {b} bytes)"),
                     ));
                 }
                 if runner.cmd.is_none() {
-                    return Err((rkey("max_memory_per_runner"), spawned_only.to_owned()));
+                    return Err(invalid(
+                        rkey("max_memory_per_runner"),
+                        spawned_only.to_owned(),
+                    ));
                 }
             }
         }
@@ -567,16 +584,19 @@ impl Config {
         for (i, cron) in self.cron_jobs.iter().enumerate() {
             let ckey = |k: &str| format!("rrq.cron_jobs[{i}].{k}");
             if cron.function_name.is_empty() {
-                return Err((ckey("function_name"), "must not be empty".to_owned()));
+                return Err(invalid(
+                    ckey("function_name"),
+                    "must not be empty".to_owned(),
+                ));
             }
             if let Some(name) = &cron.name
                 && name.is_empty()
             {
-                return Err((ckey("name"), "must not be empty".to_owned()));
+                return Err(invalid(ckey("name"), "must not be empty".to_owned()));
             }
             let name = cron.effective_name();
             if let Some(first) = cron_names.insert(name, i) {
-                return Err((
+                return Err(invalid(
                     ckey("name"),
                     format!(
                         "entries rrq.cron_jobs[{first}] and rrq.cron_jobs[{i}] both have the name {name:?} \
@@ -585,16 +605,16 @@ impl Config {
                 ));
             }
             validate_schedule(&cron.schedule)
-                .map_err(|m| (ckey("schedule"), format!("cron entry {name:?}: {m}")))?;
+                .map_err(|m| invalid(ckey("schedule"), format!("cron entry {name:?}: {m}")))?;
             if let Some(q) = &cron.queue_name
                 && q.is_empty()
             {
-                return Err((ckey("queue_name"), "must not be empty".to_owned()));
+                return Err(invalid(ckey("queue_name"), "must not be empty".to_owned()));
             }
             if let Some(tz) = &cron.timezone
                 && tz.parse::<chrono_tz::Tz>().is_err()
             {
-                return Err((
+                return Err(invalid(
                     ckey("timezone"),
                     format!("cron entry {name:?}: {tz:?} is not an IANA time zone"),
                 ));
