@@ -26,40 +26,56 @@ class _JobStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobStatus.V
     JOB_STATUS_UNSPECIFIED: _JobStatus.ValueType  # 0
     """Never stored; means "not set"."""
     JOB_STATUS_PENDING: _JobStatus.ValueType  # 1
-    """Waiting in its queue for its run time. Set by enqueue; moved to ACTIVE by claim."""
+    """Waiting in its queue for its run time. Set by enqueue, by a release of a
+    first attempt and by a dead-letter requeue; moved to ACTIVE by claim and
+    to CANCELLED by cancel.
+    """
     JOB_STATUS_ACTIVE: _JobStatus.ValueType  # 2
     """An attempt holds a lease and runs on a runner. Moved by settle (to any
-    other status) or by lease recovery (to RETRYING or FAILED).
+    other status) or by lease recovery (to RETRYING, FAILED or CANCELLED).
     """
     JOB_STATUS_RETRYING: _JobStatus.ValueType  # 3
-    """An attempt failed and the next one waits for its backoff. Moved to ACTIVE by claim."""
+    """An attempt failed (or a later attempt was released) and the next one
+    waits for its run time. Moved to ACTIVE by claim and to CANCELLED by cancel.
+    """
     JOB_STATUS_COMPLETED: _JobStatus.ValueType  # 4
     """Terminal: a handler returned a result."""
     JOB_STATUS_FAILED: _JobStatus.ValueType  # 5
-    """Terminal: retries exhausted or a fatal error; the job is in the dead-letter queue."""
+    """Terminal: retries exhausted or a fatal error; the job is in the
+    dead-letter queue, from which an operator may requeue it (to PENDING).
+    """
     JOB_STATUS_CANCELLED: _JobStatus.ValueType  # 6
     """Terminal: cancelled before it completed."""
 
 class JobStatus(_JobStatus, metaclass=_JobStatusEnumTypeWrapper):
-    """Lifecycle of a job. PENDING, ACTIVE and RETRYING are live; COMPLETED,
-    FAILED and CANCELLED are terminal and absorb: no script moves a job out of
-    them.
+    """Lifecycle of a job (docs/architecture.md draws it). PENDING, ACTIVE and
+    RETRYING are live; COMPLETED, FAILED and CANCELLED are terminal: no
+    scheduling decision moves a job out of them. COMPLETED and CANCELLED
+    absorb; a FAILED job leaves only when an operator requeues it from the
+    dead-letter queue (dlq_requeue.lua: back to PENDING with attempt 0).
     """
 
 JOB_STATUS_UNSPECIFIED: JobStatus.ValueType  # 0
 """Never stored; means "not set"."""
 JOB_STATUS_PENDING: JobStatus.ValueType  # 1
-"""Waiting in its queue for its run time. Set by enqueue; moved to ACTIVE by claim."""
+"""Waiting in its queue for its run time. Set by enqueue, by a release of a
+first attempt and by a dead-letter requeue; moved to ACTIVE by claim and
+to CANCELLED by cancel.
+"""
 JOB_STATUS_ACTIVE: JobStatus.ValueType  # 2
 """An attempt holds a lease and runs on a runner. Moved by settle (to any
-other status) or by lease recovery (to RETRYING or FAILED).
+other status) or by lease recovery (to RETRYING, FAILED or CANCELLED).
 """
 JOB_STATUS_RETRYING: JobStatus.ValueType  # 3
-"""An attempt failed and the next one waits for its backoff. Moved to ACTIVE by claim."""
+"""An attempt failed (or a later attempt was released) and the next one
+waits for its run time. Moved to ACTIVE by claim and to CANCELLED by cancel.
+"""
 JOB_STATUS_COMPLETED: JobStatus.ValueType  # 4
 """Terminal: a handler returned a result."""
 JOB_STATUS_FAILED: JobStatus.ValueType  # 5
-"""Terminal: retries exhausted or a fatal error; the job is in the dead-letter queue."""
+"""Terminal: retries exhausted or a fatal error; the job is in the
+dead-letter queue, from which an operator may requeue it (to PENDING).
+"""
 JOB_STATUS_CANCELLED: JobStatus.ValueType  # 6
 """Terminal: cancelled before it completed."""
 Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015

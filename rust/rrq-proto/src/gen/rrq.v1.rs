@@ -90,24 +90,30 @@ pub struct Job {
     #[prost(bool, tag = "24")]
     pub cancel_requested: bool,
 }
-/// Lifecycle of a job. PENDING, ACTIVE and RETRYING are live; COMPLETED,
-/// FAILED and CANCELLED are terminal and absorb: no script moves a job out of
-/// them.
+/// Lifecycle of a job (docs/architecture.md draws it). PENDING, ACTIVE and
+/// RETRYING are live; COMPLETED, FAILED and CANCELLED are terminal: no
+/// scheduling decision moves a job out of them. COMPLETED and CANCELLED
+/// absorb; a FAILED job leaves only when an operator requeues it from the
+/// dead-letter queue (dlq_requeue.lua: back to PENDING with attempt 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum JobStatus {
     /// Never stored; means "not set".
     Unspecified = 0,
-    /// Waiting in its queue for its run time. Set by enqueue; moved to ACTIVE by claim.
+    /// Waiting in its queue for its run time. Set by enqueue, by a release of a
+    /// first attempt and by a dead-letter requeue; moved to ACTIVE by claim and
+    /// to CANCELLED by cancel.
     Pending = 1,
     /// An attempt holds a lease and runs on a runner. Moved by settle (to any
-    /// other status) or by lease recovery (to RETRYING or FAILED).
+    /// other status) or by lease recovery (to RETRYING, FAILED or CANCELLED).
     Active = 2,
-    /// An attempt failed and the next one waits for its backoff. Moved to ACTIVE by claim.
+    /// An attempt failed (or a later attempt was released) and the next one
+    /// waits for its run time. Moved to ACTIVE by claim and to CANCELLED by cancel.
     Retrying = 3,
     /// Terminal: a handler returned a result.
     Completed = 4,
-    /// Terminal: retries exhausted or a fatal error; the job is in the dead-letter queue.
+    /// Terminal: retries exhausted or a fatal error; the job is in the
+    /// dead-letter queue, from which an operator may requeue it (to PENDING).
     Failed = 5,
     /// Terminal: cancelled before it completed.
     Cancelled = 6,

@@ -210,9 +210,11 @@ export const JobSchema: GenMessage<Job> = /*@__PURE__*/
   messageDesc(file_rrq_v1_job, 0);
 
 /**
- * Lifecycle of a job. PENDING, ACTIVE and RETRYING are live; COMPLETED,
- * FAILED and CANCELLED are terminal and absorb: no script moves a job out of
- * them.
+ * Lifecycle of a job (docs/architecture.md draws it). PENDING, ACTIVE and
+ * RETRYING are live; COMPLETED, FAILED and CANCELLED are terminal: no
+ * scheduling decision moves a job out of them. COMPLETED and CANCELLED
+ * absorb; a FAILED job leaves only when an operator requeues it from the
+ * dead-letter queue (dlq_requeue.lua: back to PENDING with attempt 0).
  *
  * @generated from enum rrq.v1.JobStatus
  */
@@ -225,7 +227,9 @@ export enum JobStatus {
   UNSPECIFIED = 0,
 
   /**
-   * Waiting in its queue for its run time. Set by enqueue; moved to ACTIVE by claim.
+   * Waiting in its queue for its run time. Set by enqueue, by a release of a
+   * first attempt and by a dead-letter requeue; moved to ACTIVE by claim and
+   * to CANCELLED by cancel.
    *
    * @generated from enum value: JOB_STATUS_PENDING = 1;
    */
@@ -233,14 +237,15 @@ export enum JobStatus {
 
   /**
    * An attempt holds a lease and runs on a runner. Moved by settle (to any
-   * other status) or by lease recovery (to RETRYING or FAILED).
+   * other status) or by lease recovery (to RETRYING, FAILED or CANCELLED).
    *
    * @generated from enum value: JOB_STATUS_ACTIVE = 2;
    */
   ACTIVE = 2,
 
   /**
-   * An attempt failed and the next one waits for its backoff. Moved to ACTIVE by claim.
+   * An attempt failed (or a later attempt was released) and the next one
+   * waits for its run time. Moved to ACTIVE by claim and to CANCELLED by cancel.
    *
    * @generated from enum value: JOB_STATUS_RETRYING = 3;
    */
@@ -254,7 +259,8 @@ export enum JobStatus {
   COMPLETED = 4,
 
   /**
-   * Terminal: retries exhausted or a fatal error; the job is in the dead-letter queue.
+   * Terminal: retries exhausted or a fatal error; the job is in the
+   * dead-letter queue, from which an operator may requeue it (to PENDING).
    *
    * @generated from enum value: JOB_STATUS_FAILED = 5;
    */
