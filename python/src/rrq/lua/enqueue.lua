@@ -70,7 +70,7 @@ local job_prefix = KEYS[4]
 
 local STATUS_PENDING = 1
 local STATUS_PENDING_TEXT = '1'
--- BEGIN generated limits (rust/rrq-store/limits.toml; make gen)
+-- BEGIN generated limits: MAX_RETRIES MAX_DURATION_MS (rust/rrq-store/limits.toml; make gen)
 local MAX_RETRIES = 10000
 local MAX_DURATION_MS = 315360000000
 -- END generated limits

@@ -27,8 +27,7 @@ local STATUS_RETRYING = 3
 local STATUS_FAILED = 5
 local STATUS_CANCELLED = 6
 local MAX_ERRORS = 100
--- BEGIN generated limits (rust/rrq-store/limits.toml; make gen)
-local MAX_RETRIES = 10000
+-- BEGIN generated limits: MAX_DURATION_MS (rust/rrq-store/limits.toml; make gen)
 local MAX_DURATION_MS = 315360000000
 -- END generated limits
 

@@ -52,20 +52,45 @@ local STATUS_CANCELLED = 6
 local MAX_ERRORS = 100
 local FIELDS = 8
 local FIRST = 5
--- BEGIN generated limits (rust/rrq-store/limits.toml; make gen)
-local MAX_RETRIES = 10000
+-- BEGIN generated limits: MAX_DURATION_MS (rust/rrq-store/limits.toml; make gen)
 local MAX_DURATION_MS = 315360000000
 -- END generated limits
+
+-- BEGIN generated helpers: ttl_or history_with (rust/rrq-store/lua/lib; make gen)
+-- The record's own TTL when Redis can apply it, else the default (text, as
+-- PEXPIRE takes it). A record planted by hand or written before ranges were
+-- checked must not fail the script half-way: PEXPIRE refuses a time past
+-- 2^63 ms and text such as '1e3', and a script's writes before an error stay.
+local function ttl_or(value, default)
+  local n = tonumber(value)
+  if n and n >= 1 and n <= MAX_DURATION_MS and n % 1 == 0 then return string.format('%d', n) end
+  return default
+end
+
+-- The error history with one more entry, as JSON. A planted or damaged
+-- errors_json (not a list, or one cjson will not encode back) starts over
+-- rather than failing the script.
+local function history_with(raw, entry)
+  local history = {}
+  if raw then
+    local ok, decoded = pcall(cjson.decode, raw)
+    if ok and type(decoded) == 'table' then history = decoded end
+  end
+  table.insert(history, entry)
+  while #history > MAX_ERRORS do table.remove(history, 1) end
+  local ok, text = pcall(cjson.encode, history)
+  if ok then return text end
+  return cjson.encode({entry})
+end
+-- END generated helpers
 
 local default_ttl = ARGV[1]  -- ms, as text: only PEXPIRE reads them
 local dlq_retention = ARGV[2]
 local wake_channel = ARGV[3]
 local done_prefix = ARGV[4]
-local function duration(text)
-  local n = tonumber(text)
-  return n and n >= 1 and n <= MAX_DURATION_MS and n % 1 == 0 and text == string.format('%d', n)
-end
-if not (duration(default_ttl) and duration(dlq_retention)) then
+-- Both as PEXPIRE takes them: ttl_or gives back exactly such a text (and
+-- false, never equal to a string, for anything else: a missing one too).
+if ttl_or(default_ttl, false) ~= default_ttl or ttl_or(dlq_retention, false) ~= dlq_retention then
   return redis.error_reply('RRQ_INVALID_ARGUMENT the result TTL and the dead-letter retention must be integers 1..'
     .. MAX_DURATION_MS .. ' (ms), got ' .. tostring(default_ttl) .. ' and ' .. tostring(dlq_retention))
 end
@@ -101,34 +126,6 @@ local STATUS_TEXT = {}
 for status = STATUS_PENDING, STATUS_CANCELLED do STATUS_TEXT[status] = tostring(status) end
 local ACTIVE_TEXT = STATUS_TEXT[STATUS_ACTIVE]
 local settled = {}
-
--- BEGIN generated helpers: ttl_or history_with (rust/rrq-store/lua/lib; make gen)
--- The record's own TTL when Redis can apply it, else the default (text, as
--- PEXPIRE takes it). A record planted by hand or written before ranges were
--- checked must not fail the script half-way: PEXPIRE refuses a time past
--- 2^63 ms and text such as '1e3', and a script's writes before an error stay.
-local function ttl_or(value, default)
-  local n = tonumber(value)
-  if n and n >= 1 and n <= MAX_DURATION_MS and n % 1 == 0 then return string.format('%d', n) end
-  return default
-end
-
--- The error history with one more entry, as JSON. A planted or damaged
--- errors_json (not a list, or one cjson will not encode back) starts over
--- rather than failing the script.
-local function history_with(raw, entry)
-  local history = {}
-  if raw then
-    local ok, decoded = pcall(cjson.decode, raw)
-    if ok and type(decoded) == 'table' then history = decoded end
-  end
-  table.insert(history, entry)
-  while #history > MAX_ERRORS do table.remove(history, 1) end
-  local ok, text = pcall(cjson.encode, history)
-  if ok then return text end
-  return cjson.encode({entry})
-end
--- END generated helpers
 
 -- Appends one failed attempt to the job's errors_json and sets
 -- last_error/last_error_type.
