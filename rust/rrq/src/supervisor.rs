@@ -79,7 +79,7 @@ pub struct Spawn {
     /// The orchestrator's own Redis DSN: withheld from the runner (see [`withheld_env`]).
     pub redis_dsn: String,
     /// Variables of the orchestrator's environment that hold secrets (every
-    /// runner's `token_env`): removed from the runner's environment.
+    /// runner's `token_env`): withheld from the runner (see [`withheld_env`]).
     pub secret_env: Vec<String>,
 }
 
@@ -308,11 +308,8 @@ fn start_process(
     // Checked again at each start: the directory may have gone since.
     check_cwd(&spawn.runner, &spawn.config).map_err(std::io::Error::other)?;
     let mut command = Command::new(program);
-    for name in withheld_env(std::env::vars_os(), &spawn.redis_dsn) {
+    for name in withheld_env(std::env::vars_os(), &spawn.redis_dsn, &spawn.secret_env) {
         command.env_remove(name);
-    }
-    for var in &spawn.secret_env {
-        command.env_remove(var);
     }
     command
         .args(args)
@@ -355,20 +352,22 @@ const WITHHELD_ENV: &[&str] = &["RRQ_REDIS_DSN"];
 
 /// The inherited variables to remove from a runner's environment: a runner
 /// talks only to the orchestrator, never to Redis, so it gets no Redis
-/// credential a handler could read or return. That is `RRQ_REDIS_DSN` and
-/// any variable holding the orchestrator's DSN under another name
-/// (`REDIS_URL=...` from the same deployment). Everything else is inherited
-/// (`PATH`, `HOME`, a virtualenv, the application's own settings), and the
-/// runner's `env` table is applied after this, so an operator can still
-/// hand a runner a DSN on purpose.
+/// credential a handler could read or return. That is `RRQ_REDIS_DSN`, any
+/// variable holding the orchestrator's DSN under another name (`REDIS_URL=...`
+/// from the same deployment), and the `secret_names` (every runner's
+/// `token_env`). Everything else is inherited (`PATH`, `HOME`, a virtualenv,
+/// the application's own settings), and the runner's `env` table is applied
+/// after this, so an operator can still hand a runner a DSN on purpose.
 fn withheld_env(
     parent: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
     redis_dsn: &str,
+    secret_names: &[String],
 ) -> Vec<std::ffi::OsString> {
     parent
         .into_iter()
         .filter(|(name, value)| {
-            name.to_str().is_some_and(|n| WITHHELD_ENV.contains(&n))
+            name.to_str()
+                .is_some_and(|n| WITHHELD_ENV.contains(&n) || secret_names.iter().any(|s| s == n))
                 || (!redis_dsn.is_empty() && value.to_str() == Some(redis_dsn))
         })
         .map(|(name, _)| name)
@@ -456,11 +455,18 @@ mod tests {
             ("HOME", "/home/app"),
         ]
         .map(|(k, v)| (k.into(), v.into()));
-        let withheld = withheld_env(parent, dsn);
+        let withheld = withheld_env(parent, dsn, &[]);
         assert_eq!(withheld, ["RRQ_REDIS_DSN", "REDIS_URL"]);
         // The name alone is enough, whatever its value.
         let parent = [("RRQ_REDIS_DSN".into(), "redis://other/1".into())];
-        assert_eq!(withheld_env(parent, dsn), ["RRQ_REDIS_DSN"]);
+        assert_eq!(withheld_env(parent, dsn, &[]), ["RRQ_REDIS_DSN"]);
+        // So is a runner's token_env.
+        let parent =
+            [("EXT_TOKEN", "t0ken"), ("PATH", "/usr/bin")].map(|(k, v)| (k.into(), v.into()));
+        assert_eq!(
+            withheld_env(parent, dsn, &["EXT_TOKEN".to_owned()]),
+            ["EXT_TOKEN"]
+        );
     }
 
     #[test]
