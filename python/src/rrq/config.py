@@ -7,6 +7,7 @@ accepted as they are, so one file serves both.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tomllib
@@ -39,16 +40,12 @@ class ClientConfig:
     key_prefix: str = "rrq"
 
     def __repr__(self) -> str:
-        # The DSN may hold a password: never shown, even in a repr.
-        return (
-            f"ClientConfig(redis_dsn={redact_dsn(self.redis_dsn)!r}, "
-            f"default_queue_name={self.default_queue_name!r}, "
-            f"default_max_retries={self.default_max_retries!r}, "
-            f"max_payload_bytes={self.max_payload_bytes!r}, "
-            f"default_result_ttl_seconds={self.default_result_ttl_seconds!r}, "
-            f"default_unique_job_lock_ttl_seconds={self.default_unique_job_lock_ttl_seconds!r}, "
-            f"key_prefix={self.key_prefix!r})"
+        # The DSN may hold a password: shown redacted, even in a repr.
+        shown = (
+            (f.name, redact_dsn(self.redis_dsn) if f.name == "redis_dsn" else getattr(self, f.name))
+            for f in dataclasses.fields(self)
         )
+        return f"ClientConfig({', '.join(f'{name}={value!r}' for name, value in shown)})"
 
 
 def _number(key: str, value: object) -> float:
