@@ -7,6 +7,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { parse as parseToml } from "smol-toml";
 
 import { ConfigError } from "./errors.js";
+import { isKeyPrefix, KEY_PREFIX_RULE } from "./store.js";
 
 export const CONFIG_ENV = "RRQ_CONFIG";
 export const REDIS_DSN_ENV = "RRQ_REDIS_DSN";
@@ -102,10 +103,8 @@ function fromTable(table: Readonly<Record<string, unknown>>, env: NodeJS.Process
     get("defaultUniqueJobLockTtlSeconds"),
   );
   const keyPrefix = get("keyPrefix");
-  if (typeof keyPrefix !== "string" || !/^[A-Za-z0-9_.:-]{1,64}$/.test(keyPrefix)) {
-    throw new ConfigError(
-      `rrq.key_prefix must be 1 to 64 characters of letters, digits, '_', '-', '.' and ':', got ${show(keyPrefix)}`,
-    );
+  if (!isKeyPrefix(keyPrefix)) {
+    throw new ConfigError(`rrq.key_prefix must be ${KEY_PREFIX_RULE}, got ${show(keyPrefix)}`);
   }
   const envDsn = env[REDIS_DSN_ENV];
   if (envDsn) redisDsn = envDsn;

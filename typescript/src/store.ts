@@ -22,18 +22,22 @@ import { type ChannelSubscription, type ChannelWaiter, SharedSubscriber } from "
 /** The key prefix when none is configured (`key_prefix` in rrq.toml). */
 export const DEFAULT_PREFIX = "rrq";
 const PREFIX_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
+/** What a key prefix may be, for error messages. */
+export const KEY_PREFIX_RULE = "1 to 64 characters of letters, digits, '_', '-', '.' and ':'";
 
 /**
- * `prefix` when it is a valid key prefix: 1 to 64 characters of ASCII
+ * Whether `prefix` is a valid key prefix: 1 to 64 characters of ASCII
  * letters, digits, `_ - . :` (no braces, which would change the Redis Cluster
  * hash slot, and no glob characters, since channel patterns are built from it).
  */
+export function isKeyPrefix(prefix: unknown): prefix is string {
+  return typeof prefix === "string" && PREFIX_RE.test(prefix);
+}
+
+/** `prefix` when it is a valid key prefix (see isKeyPrefix), else an InvalidOptionError. */
 export function checkKeyPrefix(prefix: unknown): string {
-  if (typeof prefix !== "string" || !PREFIX_RE.test(prefix)) {
-    throw new InvalidOptionError(
-      `keyPrefix must be 1 to 64 characters of letters, digits, '_', '-', '.' and ':', got ${JSON.stringify(prefix)}`,
-      "keyPrefix",
-    );
+  if (!isKeyPrefix(prefix)) {
+    throw new InvalidOptionError(`keyPrefix must be ${KEY_PREFIX_RULE}, got ${JSON.stringify(prefix)}`, "keyPrefix");
   }
   return prefix;
 }
