@@ -8,7 +8,6 @@ duration at most MAX_DURATION_MS (3,650 days).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +17,8 @@ import pytest
 from rrq._limits import MAX_DURATION_MS, MAX_RETRIES
 from rrq.client import RRQClient
 from rrq.exceptions import InvalidArgumentError, InvalidOptionError
-from rrq.store import EnqueueArgs, SettleArgs, job_key
+from rrq.store import SettleArgs, job_key
+from test_store import args
 
 MAX_SECONDS = MAX_DURATION_MS // 1000
 
@@ -99,23 +99,6 @@ async def test_lone_surrogate_is_a_typed_error(client: RRQClient, queue: str, na
     assert await client.store.redis.dbsize() == before
 
 
-def _args(queue: str, **changes: int) -> EnqueueArgs:
-    base: dict[str, Any] = {
-        "job_id": "j1",
-        "function_name": "echo",
-        "queue_name": queue,
-        "params_json": "{}",
-        "max_retries": 0,
-        "job_timeout_ms": 0,
-        "result_ttl_ms": 0,
-        "defer_ms": 0,
-        "run_at_ms": 0,
-        "max_params_bytes": 1 << 20,
-    }
-    base.update(changes)
-    return EnqueueArgs(**base)
-
-
 @pytest.mark.parametrize(
     ("field", "value"),
     [
@@ -133,7 +116,7 @@ async def test_enqueue_script_refuses_out_of_range_numbers(
     store = client.store
     before = await store.redis.dbsize()
     with pytest.raises(InvalidArgumentError) as caught:
-        await store.enqueue(_args(queue, **{field: value}), register_queue=False)
+        await store.enqueue(args(queue, **{field: value}), register_queue=False)
     assert field in str(caught.value)
     assert "at most" in str(caught.value)
     assert await store.redis.dbsize() == before
@@ -148,11 +131,11 @@ async def test_enqueue_script_refuses_out_of_range_windows(
 ) -> None:
     store = client.store
     before = await store.redis.dbsize()
-    args = dataclasses.replace(
-        _args(queue), rule=rule, rule_key="k", rule_window_ms=window, debounce_max_wait_ms=max_wait
+    ruled = args(
+        queue, rule=rule, rule_key="k", rule_window_ms=window, debounce_max_wait_ms=max_wait
     )
     with pytest.raises(InvalidArgumentError, match="at most"):
-        await store.enqueue(args, register_queue=False)
+        await store.enqueue(ruled, register_queue=False)
     assert await store.redis.dbsize() == before
 
 
