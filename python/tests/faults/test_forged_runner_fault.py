@@ -64,11 +64,20 @@ def environ(pid: int) -> dict[str, str]:
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
+NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+
+
 def can_switch_to_nobody() -> bool:
+    """True when we may run the forged runner as uid 65534: root, ``setpriv``,
+    and a checkout that uid can read (a clone under a 0700 directory, such as
+    ``mktemp -d`` makes, is not: the module would not import as that uid)."""
     if os.getuid() != 0 or shutil.which("setpriv") is None:
         return False
     probe = subprocess.run(
-        ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "true"],
+        [*NOBODY, sys.executable, "-c", "import faults.forged_runner"],
+        cwd=TESTS_DIR,
+        env=python_env(),
+        capture_output=True,
         check=False,
     )
     return probe.returncode == 0
@@ -76,9 +85,7 @@ def can_switch_to_nobody() -> bool:
 
 def knock(addr: str, cases: list[dict[str, str]], *, as_nobody: bool) -> dict[str, Any]:
     """Runs forged_runner in its own process (as uid 65534 if asked)."""
-    prefix = (
-        ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"] if as_nobody else []
-    )
+    prefix = NOBODY if as_nobody else []
     env = python_env()
     # The forged process knows nothing the tests' runners know.
     for name in list(env):
@@ -155,6 +162,10 @@ async def test_f32_forged_runner(
     if can_switch_to_nobody():
         runs["uid_65534"] = knock(addr, cases, as_nobody=True)
         assert runs["uid_65534"]["uid"]["code"] == "65534"
+    else:
+        print(
+            "F32: uid 65534 cannot be used here (not root, no setpriv, or an unreadable checkout)"
+        )
     print(f"F32 forged hellos {json.dumps(runs, sort_keys=True)}")
     for who, results in runs.items():
         for case in cases:
